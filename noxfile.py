@@ -1,0 +1,44 @@
+"""Sessions: tests, lint, typecheck, fuzz (smoke), bench."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+PYTHON = "3.11"
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The whole test suite against real sockets, processes and an etcd."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *(session.posargs or ["-q"]))
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", "trimesh", "tests", "fuzz", "noxfile.py")
+    session.run("ruff", "format", "--check", "trimesh")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    session.install("-e", ".", "mypy", "types-PyYAML")
+    session.run("mypy", "trimesh")
+
+
+@nox.session(python=PYTHON)
+def fuzz(session: nox.Session) -> None:
+    """A short smoke run of every harness in fuzz/."""
+    session.install("-e", ".", "atheris")
+    seconds = session.posargs[0] if session.posargs else "30"
+    session.run("python", "fuzz/run_all.py", seconds)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Throughput and latency through trimesh vs. straight to the upstream (and nginx)."""
+    session.install("-e", ".")
+    session.run("python", "-m", "bench", *session.posargs)

@@ -1,0 +1,129 @@
+"""`trimesh serve | check | version`: the console script.
+
+Exit codes: 0 success, 2 invalid configuration or usage, 1 runtime failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from trimesh import __version__
+from trimesh.config import Config, ConfigError, load, registry_url
+from trimesh.config.load import merge
+
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trimesh",
+        description="A service-mesh sidecar proxy: set HTTP_PROXY=http://127.0.0.1:30101 "
+        "in your app and call http://<service-name>/path.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = sub.add_parser("serve", help="run the sidecar",
+                           description="Run the sidecar until SIGTERM/SIGINT, then drain.")
+    _config_flags(serve)
+    serve.add_argument("--service", metavar="NAME", help="our service name (service.name)")
+    serve.add_argument("--service-ports", metavar="rest:8080",
+                       help="the local app's ports, NAME:PORT[,NAME:PORT] (app.ports)")
+    serve.add_argument("--outbound", metavar="HOST:PORT", help="outbound listener")
+    serve.add_argument("--inbound", metavar="HOST:PORT", help="inbound listener")
+    serve.add_argument("--admin", metavar="HOST:PORT", help="admin listener")
+    serve.add_argument("--registry", metavar="URL",
+                       help="local:///path.db, etcd://h:p[,h:p], servicecomb://h:p or static:")
+    serve.add_argument("--log-level", metavar="LEVEL",
+                       help="debug, info, warning, error (default info)")
+    check = sub.add_parser("check", help="validate a config file",
+                           description="Validate the configuration; exit 0, or 2 listing "
+                           "every problem by its key path.")
+    _config_flags(check, required=True)
+    sub.add_parser("version", help="print the version", description="Print the version.")
+    return parser
+
+
+def _config_flags(p: argparse.ArgumentParser, *, required: bool = False) -> None:
+    p.add_argument("-c", "--config", metavar="FILE", type=Path, required=required,
+                   help="YAML config file (environment variables and flags override it)")
+
+
+def _cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    raw: dict[str, Any] = {}
+    pairs = [("service", {"service": {"name": args.service}}),
+             ("service_ports", {"app": {"ports": args.service_ports}}),
+             ("outbound", {"listen": {"outbound": args.outbound}}),
+             ("inbound", {"listen": {"inbound": args.inbound}}),
+             ("admin", {"listen": {"admin": args.admin}}),
+             ("log_level", {"log_level": args.log_level})]
+    for attr, layer in pairs:
+        if getattr(args, attr, None) is not None:
+            raw = merge(raw, layer)
+    if getattr(args, "registry", None):
+        raw = merge(raw, {"registry": registry_url(args.registry)})
+    return raw
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load(args.config, _cli_overrides(args))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "version":
+        print(f"trimesh {__version__}")
+        return 0
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        print("trimesh: invalid configuration:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "check":
+        print(f"{args.config}: ok")
+        return 0
+    return _serve(config)
+
+
+def _serve(config: Config) -> int:
+    from trimesh.sidecar import Sidecar
+
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        trio.run(_run, Sidecar(config))
+    except (OSError, BaseExceptionGroup) as exc:
+        cause = _os_error(exc)
+        if cause is None:
+            raise
+        print(f"trimesh: cannot start: {cause}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError (e.g. address in use) at the root of a startup failure, if any."""
+    if isinstance(exc, OSError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if found := _os_error(inner):
+                return found
+    return None
+
+
+async def _run(sidecar: Any) -> None:
+    await sidecar.run(signals=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

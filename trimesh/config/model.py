@@ -1,0 +1,128 @@
+"""The configuration snapshot: frozen attrs objects, built once, never parsed again.
+
+`trimesh.config.load` turns YAML + environment + CLI flags into these;
+everything downstream reads only these objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import attrs
+
+Address = tuple[str, int]
+RegistryType = Literal["static", "local", "etcd", "servicecomb"]
+
+
+@attrs.frozen
+class ServiceConfig:
+    """Who our app is, as registered."""
+
+    name: str = "trimesh-app"
+    app: str = "default"
+    version: str = "0.0.1"
+    environment: str = ""
+    metadata: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class ListenConfig:
+    outbound: Address = ("127.0.0.1", 30101)
+    inbound: Address = ("127.0.0.1", 30103)
+    admin: Address = ("127.0.0.1", 30102)
+    # Host other sidecars should use to reach our inbound listener.
+    advertise: str | None = None
+    drain_timeout: float = 20.0
+
+
+@attrs.frozen
+class HealthConfig:
+    protocol: Literal["http", "tcp"] = "tcp"
+    path: str = "/health"
+    port: str = "rest"
+    interval: float = 5.0
+    timeout: float = 2.0
+    expect_status: int = 200
+
+
+@attrs.frozen
+class AppConfig:
+    """The local app that inbound traffic goes to."""
+
+    host: str = "127.0.0.1"
+    ports: Mapping[str, int] = attrs.field(factory=dict)
+    health: HealthConfig | None = None
+
+    @property
+    def default_port(self) -> int | None:
+        """The `rest` port, else the only declared port, else none."""
+        if "rest" in self.ports:
+            return self.ports["rest"]
+        if len(self.ports) == 1:
+            return next(iter(self.ports.values()))
+        return None
+
+
+@attrs.frozen
+class Limits:
+    """Downstream limits; each guards the proxy against one abuse."""
+
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 100
+    max_request_line: int = 8 * 1024
+    max_body_bytes: int | None = None
+    header_timeout: float = 10.0
+    body_idle_timeout: float = 60.0
+    keepalive_timeout: float = 75.0
+    max_connections: int = 4096
+
+
+@attrs.frozen
+class UpstreamConfig:
+    connect_timeout: float = 5.0
+    # Time from the end of the request to the response head.
+    response_timeout: float = 30.0
+    pool_max_idle: int = 64
+    pool_idle_timeout: float = 60.0
+
+
+@attrs.frozen
+class StaticInstance:
+    host: str
+    port: int
+    version: str = ""
+    tags: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class RegistryConfig:
+    type: RegistryType = "static"
+    services: Mapping[str, tuple[StaticInstance, ...]] = attrs.field(factory=dict)
+    path: Path | None = None
+    endpoints: tuple[Address, ...] = ()
+    prefix: str = "/trimesh"
+    project: str = "default"
+    username: str | None = None
+    password: str | None = attrs.field(default=None, repr=False)
+    heartbeat_interval: float = 10.0
+    ttl: float = 30.0
+
+
+@attrs.frozen
+class ObserveConfig:
+    # "stderr", "stdout", "off", or a file path.
+    access_log: str = "stderr"
+
+
+@attrs.frozen
+class Config:
+    service: ServiceConfig = ServiceConfig()
+    listen: ListenConfig = ListenConfig()
+    app: AppConfig = AppConfig()
+    limits: Limits = Limits()
+    upstream: UpstreamConfig = UpstreamConfig()
+    registry: RegistryConfig = RegistryConfig()
+    observe: ObserveConfig = ObserveConfig()
+    log_level: str = "info"

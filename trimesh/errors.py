@@ -1,0 +1,133 @@
+"""The errors trimesh itself generates, and the one function that answers them.
+
+Every failure the proxy produces (as opposed to a provider's own error
+response) is a `ProxyError` subclass. `rescue` maps each to a status, a
+short text body and an `x-trimesh-error` header, so an app can tell a proxy
+failure from its provider's own 502 (like linkerd's `l5d-proxy-error`).
+"""
+
+from __future__ import annotations
+
+import attrs
+
+
+class ProxyError(Exception):
+    """Base class: `kind` names it on the wire, `status` is the HTTP answer."""
+
+    kind = "internal"
+    status = 500
+    # Whether the downstream connection must be closed after answering.
+    close = False
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(detail or self.kind)
+        self.detail = detail
+
+
+class BadRequest(ProxyError):
+    """The client sent something we refuse to parse or forward."""
+
+    kind = "bad-request"
+    status = 400
+    close = True
+
+
+class NotProxyRequest(ProxyError):
+    """An origin-form request on the outbound listener."""
+
+    kind = "not-a-proxy-request"
+    status = 400
+
+
+class MethodNotAllowed(ProxyError):
+    kind = "method-not-allowed"
+    status = 405
+
+
+class RequestTimeout(ProxyError):
+    kind = "request-timeout"
+    status = 408
+    close = True
+
+
+class BodyTooLarge(ProxyError):
+    kind = "body-too-large"
+    status = 413
+    close = True
+
+
+class UriTooLong(ProxyError):
+    kind = "uri-too-long"
+    status = 414
+    close = True
+
+
+class HeadersTooLarge(ProxyError):
+    kind = "headers-too-large"
+    status = 431
+    close = True
+
+
+class NotImplementedFraming(ProxyError):
+    kind = "not-implemented"
+    status = 501
+    close = True
+
+
+class ServiceNotFound(ProxyError):
+    kind = "service-not-found"
+    status = 502
+
+
+class UpstreamConnect(ProxyError):
+    kind = "upstream-connect"
+    status = 502
+
+
+class UpstreamProtocol(ProxyError):
+    kind = "upstream-protocol"
+    status = 502
+
+
+class NoInstance(ProxyError):
+    kind = "no-instance"
+    status = 503
+
+
+class UpstreamTimeout(ProxyError):
+    kind = "upstream-timeout"
+    status = 504
+
+
+class LoopDetected(ProxyError):
+    kind = "loop-detected"
+    status = 508
+
+
+class DownstreamGone(Exception):
+    """The client went away; nothing can be answered. Not a `ProxyError`."""
+
+
+@attrs.frozen
+class Rescue:
+    """A synthetic response for a `ProxyError`."""
+
+    status: int
+    kind: str
+    body: bytes
+    close: bool
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(self.body)).encode()),
+            (b"x-trimesh-error", self.kind.encode()),
+        ]
+
+
+def rescue(error: ProxyError) -> Rescue:
+    """Map a proxy error to the response the client gets."""
+    text = f"trimesh: {error.kind}"
+    if error.detail and error.detail != error.kind:
+        text += f": {error.detail}"
+    return Rescue(error.status, error.kind, (text + "\n").encode(), error.close)

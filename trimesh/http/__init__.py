@@ -1,0 +1,1 @@
+"""The HTTP protocol layer: acceptance guard, header rules, targets, pool, tunnels."""

@@ -1,0 +1,130 @@
+"""The client side of one accepted connection: socket, reader task, guard, h11 SERVER.
+
+A dedicated reader task owns `receive_some` on the socket and feeds the
+`RequestGuard`; the handler task takes vetted bytes from the guard. Keeping
+the socket read in its own task is what lets a client disconnect cancel the
+request in flight at once, even while the handler waits on the upstream.
+
+Resource handling: the reader stops at EOF or error; the connection's
+nursery cancels it when the handler ends. Error handling: protocol errors in
+the client's bytes surface from `next_event` as `ProxyError`s; socket errors
+on send raise `DownstreamGone`.
+"""
+
+from __future__ import annotations
+
+import h11
+import trio
+
+from trimesh.config.model import Limits
+from trimesh.errors import BadRequest, DownstreamGone, NotImplementedFraming, ProxyError
+from trimesh.http.guard import RequestGuard
+
+READ_SIZE = 65536
+# The reader pauses when this much is buffered and not yet taken (backpressure).
+HIGH_WATER = 4 * READ_SIZE
+
+
+class Downstream:
+    __slots__ = (
+        "_data",
+        "_space",
+        "gone",
+        "guard",
+        "h11",
+        "limits",
+        "peer",
+        "request_scope",
+        "stream",
+    )
+
+    def __init__(self, stream: trio.SocketStream, limits: Limits, peer: str) -> None:
+        self.stream = stream
+        self.limits = limits
+        self.peer = peer
+        self.guard = RequestGuard(limits)
+        self.h11 = _server_machine(limits)
+        self._data = trio.lowlevel.ParkingLot()
+        self._space = trio.lowlevel.ParkingLot()
+        self.gone = False
+        # The scope of the request in flight; the reader cancels it on disconnect.
+        self.request_scope: trio.CancelScope | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<Downstream {self.peer} ours={self.h11.our_state} "
+            f"theirs={self.h11.their_state} {self.guard!r} gone={self.gone}>"
+        )
+
+    async def reader(self) -> None:
+        """Task: move socket bytes into the guard until EOF; then cancel the request."""
+        while True:
+            if self.guard.buffered >= HIGH_WATER:
+                await self._space.park()
+                continue
+            try:
+                data = await self.stream.receive_some(READ_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            self.guard.feed(data)
+            self._data.unpark_all()
+            if not data:
+                self.gone = True
+                if self.request_scope is not None:
+                    self.request_scope.cancel()
+                return
+
+    async def wait_data(self) -> None:
+        """Park until the reader delivers more bytes (or EOF)."""
+        self._space.unpark_all()
+        await self._data.park()
+
+    def restart_http(self) -> None:
+        """After CONNECT: the tunnel's bytes are a fresh HTTP/1.1 connection."""
+        rest = self.guard.take_rest()
+        self.guard = RequestGuard(self.limits)
+        self.guard.feed(rest) if rest else None
+        if self.gone:
+            self.guard.eof = True
+        self.h11 = _server_machine(self.limits)
+
+    async def next_event(self) -> h11.Event | type[h11.PAUSED]:
+        """The next h11 event of the request being read, feeding h11 vetted bytes only."""
+        conn = self.h11
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise _client_error(exc) from exc
+            if event is not h11.NEED_DATA:
+                return event  # type: ignore[return-value]
+            chunk = self.guard.pull()
+            if chunk is not None:
+                conn.receive_data(chunk)
+            elif self.guard.eof:
+                conn.receive_data(b"")
+            else:
+                await self.wait_data()
+
+    async def send(self, data: bytes) -> None:
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.gone = True
+            raise DownstreamGone(str(exc)) from exc
+
+    async def receive_raw(self) -> bytes:
+        """For tunnels: every buffered byte, waiting for some; b"" at EOF."""
+        while not self.guard.buffered and not self.guard.eof:
+            await self.wait_data()
+        return self.guard.take_rest()
+
+
+def _server_machine(limits: Limits) -> h11.Connection:
+    return h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes + 1)
+
+
+def _client_error(exc: h11.RemoteProtocolError) -> ProxyError:
+    if exc.error_status_hint == 501:
+        return NotImplementedFraming(str(exc))
+    return BadRequest(str(exc))

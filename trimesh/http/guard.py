@@ -1,0 +1,285 @@
+"""The request-acceptance layer: vets raw request bytes before h11 sees them.
+
+h11 accepts things a proxy must not pass on (both Content-Length and
+Transfer-Encoding, Transfer-Encoding on HTTP/1.0, obs-fold, bare LF in the
+header block, `Content-Length: 1000,1000`, lengths above 2^63, over-long
+chunk-size lines it waits on forever, huge header blocks arriving in one
+read). `RequestGuard` owns the downstream byte buffer and hands h11 exactly
+one vetted message at a time: first the head, once it is complete and clean,
+then only the bytes that belong to that message's body. Bytes after the
+message stay here, so a rejected or unfinished message can never leak into a
+second request.
+
+Sans-IO: no trio here. Error handling: raises `BadRequest`,
+`HeadersTooLarge`, `BodyTooLarge`, `UriTooLong` or `NotImplementedFraming`.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from trimesh.config.model import Limits
+from trimesh.errors import (
+    BadRequest,
+    BodyTooLarge,
+    HeadersTooLarge,
+    NotImplementedFraming,
+    UriTooLong,
+)
+
+MAX_CONTENT_LENGTH = 2**63 - 1
+MAX_CHUNK_LINE = 4096
+# RFC 9112 2.2: a server SHOULD ignore at least one empty line before the request-line.
+MAX_LEADING_EMPTY_LINES = 4
+
+_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS, _DONE = range(7)
+
+
+@attrs.frozen
+class Framing:
+    """How the body of a vetted head is delimited."""
+
+    content_length: int | None
+    chunked: bool
+
+
+NO_BODY = Framing(0, False)
+
+
+def vet_head(head: bytes | bytearray, limits: Limits) -> Framing:
+    """Check a complete head (ending in CRLFCRLF); return its body framing."""
+    if len(head) > limits.max_header_bytes:
+        raise HeadersTooLarge(f"header block over {limits.max_header_bytes} bytes")
+    if head.count(b"\n") != head.count(b"\r\n") or head.count(b"\r") != head.count(b"\r\n"):
+        raise BadRequest("bare CR or LF in the header block")
+    lines = bytes(head[:-4]).split(b"\r\n")
+    request_line = lines[0]
+    if len(request_line) > limits.max_request_line:
+        raise UriTooLong(f"request line over {limits.max_request_line} bytes")
+    if len(lines) - 1 > limits.max_headers:
+        raise HeadersTooLarge(f"more than {limits.max_headers} header fields")
+    http10 = request_line.endswith(b" HTTP/1.0")
+    length: int | None = None
+    chunked = False
+    for line in lines[1:]:
+        if line[:1] in (b" ", b"\t"):
+            raise BadRequest("obsolete line folding in headers")
+        colon = line.find(b":")
+        if colon <= 0:
+            raise BadRequest("malformed header line")
+        name = line[:colon].lower()
+        if name == b"content-length":
+            if length is not None:
+                raise BadRequest("more than one Content-Length")
+            length = _content_length(line[colon + 1 :].strip(b" \t"), limits)
+        elif name == b"transfer-encoding":
+            if chunked:
+                raise BadRequest("more than one Transfer-Encoding")
+            if line[colon + 1 :].strip(b" \t").lower() != b"chunked":
+                raise NotImplementedFraming("only Transfer-Encoding: chunked is supported")
+            chunked = True
+    if chunked and length is not None:
+        raise BadRequest("both Content-Length and Transfer-Encoding")
+    if chunked and http10:
+        raise BadRequest("Transfer-Encoding on HTTP/1.0")
+    if chunked:
+        return Framing(None, True)
+    return Framing(length or 0, False)
+
+
+def _content_length(value: bytes, limits: Limits) -> int:
+    if not value.isdigit() or not value.isascii():
+        raise BadRequest("Content-Length is not a single decimal number")
+    if len(value) > 19 or int(value) > MAX_CONTENT_LENGTH:
+        raise BadRequest("Content-Length above 2^63-1")
+    n = int(value)
+    if limits.max_body_bytes is not None and n > limits.max_body_bytes:
+        raise BodyTooLarge(f"body over {limits.max_body_bytes} bytes")
+    return n
+
+
+class RequestGuard:
+    """Owns the downstream buffer; releases one vetted message's bytes at a time.
+
+    Feed socket bytes with `feed`; call `pull` for the next bytes h11 may see
+    (`None` when more input is needed, b"" never). After a message's body is
+    complete, `pull` returns `None` until `next_message` is called.
+    """
+
+    __slots__ = ("_body_seen", "_buf", "_framing", "_limits", "_remaining", "_state", "eof")
+
+    def __init__(self, limits: Limits) -> None:
+        self._limits = limits
+        self._buf = bytearray()
+        self._state = _HEAD
+        self._remaining = 0
+        self._body_seen = 0
+        self._framing = NO_BODY
+        self.eof = False
+
+    def __repr__(self) -> str:
+        return f"<RequestGuard state={self._state} buffered={len(self._buf)} eof={self.eof}>"
+
+    def feed(self, data: bytes) -> None:
+        if data:
+            self._buf += data
+        else:
+            self.eof = True
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    @property
+    def framing(self) -> Framing:
+        return self._framing
+
+    @property
+    def message_done(self) -> bool:
+        return self._state == _DONE
+
+    @property
+    def at_message_start(self) -> bool:
+        """True while no byte of the next message has arrived."""
+        return self._state == _HEAD and not self._buf
+
+    def next_message(self) -> None:
+        """Start looking for the next request head (after a complete exchange)."""
+        self._state = _HEAD
+
+    def take_rest(self) -> bytes:
+        """Hand over every buffered byte (the connection becomes a tunnel)."""
+        rest = bytes(self._buf)
+        self._buf.clear()
+        self._state = _DONE
+        return rest
+
+    def pull(self) -> bytes | None:
+        if self._state == _HEAD:
+            return self._pull_head()
+        if self._state == _DONE or not self._buf:
+            return None
+        if self._state == _LENGTH:
+            return self._pull_length()
+        return self._pull_chunked()
+
+    def _pull_head(self) -> bytes | None:
+        buf = self._buf
+        skipped = 0
+        while buf[:2] == b"\r\n" and skipped < MAX_LEADING_EMPTY_LINES:
+            del buf[:2]
+            skipped += 1
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            self._check_partial_head()
+            return None
+        head = bytes(buf[: end + 4])
+        framing = vet_head(head, self._limits)
+        del buf[: end + 4]
+        self._framing = framing
+        self._body_seen = 0
+        if framing.chunked:
+            self._state = _CHUNK_SIZE
+        elif framing.content_length:
+            self._state, self._remaining = _LENGTH, framing.content_length
+        else:
+            self._state = _DONE
+        return head
+
+    def _check_partial_head(self) -> None:
+        buf = self._buf
+        if b"\n\n" in buf or b"\n\r\n" in buf:
+            raise BadRequest("bare LF in the header block")
+        if len(buf) > self._limits.max_header_bytes:
+            raise HeadersTooLarge(f"header block over {self._limits.max_header_bytes} bytes")
+        first = buf.find(b"\n")
+        if (first < 0 and len(buf) > self._limits.max_request_line) or (
+            first > self._limits.max_request_line
+        ):
+            raise UriTooLong(f"request line over {self._limits.max_request_line} bytes")
+
+    def _pull_length(self) -> bytes:
+        n = min(self._remaining, len(self._buf))
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        self._remaining -= n
+        if not self._remaining:
+            self._state = _DONE
+        return out
+
+    def _pull_chunked(self) -> bytes | None:
+        """Consume as much chunked framing as is buffered; return those raw bytes."""
+        pos = 0
+        buf = self._buf
+        while pos < len(buf) and self._state != _DONE:
+            step = self._step_chunked(buf, pos)
+            if step < 0:
+                break
+            pos = step
+        if pos == 0:
+            return None
+        out = bytes(buf[:pos])
+        del buf[:pos]
+        return out
+
+    def _step_chunked(self, buf: bytearray, pos: int) -> int:
+        """Advance one framing element; return the new position, or -(pos+1) to wait."""
+        state = self._state
+        if state == _CHUNK_DATA:
+            n = min(self._remaining, len(buf) - pos)
+            self._remaining -= n
+            if not self._remaining:
+                self._state = _CHUNK_CRLF
+            return pos + n
+        if state == _CHUNK_CRLF:
+            if len(buf) - pos < 2:
+                return -(pos + 1)
+            if buf[pos : pos + 2] != b"\r\n":
+                raise BadRequest("chunk data not followed by CRLF")
+            self._state = _CHUNK_SIZE
+            return pos + 2
+        end = buf.find(b"\r\n", pos)
+        limit = MAX_CHUNK_LINE if state == _CHUNK_SIZE else self._limits.max_header_bytes
+        if end < 0:
+            if len(buf) - pos > limit or buf.find(b"\n", pos) >= 0:
+                raise BadRequest("chunk-size or trailer line too long or not ended by CRLF")
+            return -(pos + 1)
+        line = bytes(buf[pos:end])
+        if state == _CHUNK_SIZE:
+            self._chunk_size_line(line)
+        else:
+            self._trailer_line(line, end + 2 - pos)
+        return end + 2
+
+    def _chunk_size_line(self, line: bytes) -> None:
+        if len(line) > MAX_CHUNK_LINE or b"\n" in line or b"\r" in line:
+            raise BadRequest("chunk-size line too long")
+        size_text = line.split(b";", 1)[0].strip(b" \t")
+        if not size_text or len(size_text) > 16 or not _is_hex(size_text):
+            raise BadRequest("bad chunk size")
+        size = int(size_text, 16)
+        self._body_seen += size
+        limit = self._limits.max_body_bytes
+        if limit is not None and self._body_seen > limit:
+            raise BodyTooLarge(f"body over {limit} bytes")
+        if size:
+            self._state, self._remaining = _CHUNK_DATA, size
+        else:
+            self._state, self._remaining = _TRAILERS, 0
+
+    def _trailer_line(self, line: bytes, consumed: int) -> None:
+        if not line:
+            self._state = _DONE
+            return
+        self._remaining += consumed
+        if self._remaining > self._limits.max_header_bytes:
+            raise HeadersTooLarge("trailer block too large")
+        if line[:1] in (b" ", b"\t") or b"\n" in line or b"\r" in line or b":" not in line:
+            raise BadRequest("malformed trailer line")
+
+
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+def _is_hex(text: bytes) -> bool:
+    return all(c in _HEX for c in text)

@@ -1,0 +1,1 @@
+"""What Mesher is: outbound and inbound routing, balancing, the exchange."""

@@ -1,0 +1,1 @@
+"""Observability: access log (metrics and tracing come later)."""
