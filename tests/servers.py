@@ -38,8 +38,9 @@ Responder = Callable[[Seen, "Upstream"], Awaitable[tuple[int, list[tuple[bytes, 
 
 async def echo(seen: Seen, up: Upstream) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """Default app: 200 with a JSON summary of the request."""
-    body = json.dumps({"method": seen.method.decode(), "target": seen.target.decode(),
-                       "size": len(seen.body)}).encode()
+    body = json.dumps(
+        {"method": seen.method.decode(), "target": seen.target.decode(), "size": len(seen.body)}
+    ).encode()
     return 200, [(b"content-type", b"application/json"), (b"x-app", b"echo")], body
 
 
@@ -71,12 +72,16 @@ class Upstream:
                     return
                 self.seen.append(seen)
                 self.request_arrived.set()
-                status, headers, body = await self.responder(seen, self)
+                outcome = await self._respond_or_eof(conn, stream, seen)
+                if outcome is None:
+                    return  # the client went away while we were responding
+                status, headers, body = outcome
                 if status == 0:
                     return  # responder asked to drop the connection
                 headers = [*headers, (b"content-length", str(len(body)).encode())]
                 data = conn.send(h11.Response(status_code=status, headers=headers))
-                data += conn.send(h11.Data(data=body)) if body else b""
+                if body and seen.method != b"HEAD":
+                    data += conn.send(h11.Data(data=body))
                 data += conn.send(h11.EndOfMessage())
                 await stream.send_all(data)
                 if conn.our_state is not h11.DONE:
@@ -89,6 +94,29 @@ class Upstream:
             self.disconnected.set()
             await trio.aclose_forcefully(stream)
 
+    async def _respond_or_eof(
+        self, conn: h11.Connection, stream: trio.SocketStream, seen: Seen
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        """Run the responder while watching the socket, like a real server would."""
+        result: list[tuple[int, list[tuple[bytes, bytes]], bytes]] = []
+
+        async def respond(scope: trio.CancelScope) -> None:
+            result.append(await self.responder(seen, self))
+            scope.cancel()
+
+        async def watch(scope: trio.CancelScope) -> None:
+            try:
+                while data := await stream.receive_some(65536):
+                    conn.receive_data(data)  # pipelined bytes: keep them for h11
+            except trio.BrokenResourceError:
+                pass
+            scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(respond, nursery.cancel_scope)
+            nursery.start_soon(watch, nursery.cancel_scope)
+        return result[0] if result else None
+
     async def _read_request(self, conn: h11.Connection, stream: trio.SocketStream) -> Seen | None:
         seen: Seen | None = None
         while True:
@@ -96,8 +124,9 @@ class Upstream:
             if event is h11.NEED_DATA:
                 conn.receive_data(await stream.receive_some(65536))
             elif isinstance(event, h11.Request):
-                seen = Seen(event.method, event.target, list(event.headers),
-                            http_version=event.http_version)
+                seen = Seen(
+                    event.method, event.target, list(event.headers), http_version=event.http_version
+                )
             elif isinstance(event, h11.Data) and seen is not None:
                 seen.body += bytes(event.data)
             elif isinstance(event, h11.EndOfMessage) and seen is not None:
@@ -110,8 +139,12 @@ class Upstream:
 def sidecar_config(**sections: Any) -> dict[str, Any]:
     """A raw config dict binding every listener to port 0 on loopback."""
     raw: dict[str, Any] = {
-        "listen": {"outbound": "127.0.0.1:0", "inbound": "127.0.0.1:0",
-                   "admin": "127.0.0.1:0", "drain_timeout": "5s"},
+        "listen": {
+            "outbound": "127.0.0.1:0",
+            "inbound": "127.0.0.1:0",
+            "admin": "127.0.0.1:0",
+            "drain_timeout": "5s",
+        },
         "registry": {"type": "static", "services": {}},
         "observe": {"access_log": "off"},
     }
@@ -120,8 +153,9 @@ def sidecar_config(**sections: Any) -> dict[str, Any]:
     return raw
 
 
-async def start_sidecar(nursery: trio.Nursery, raw: dict[str, Any],
-                        access_log: AccessLog | None = None) -> tuple[Sidecar, Bound]:
+async def start_sidecar(
+    nursery: trio.Nursery, raw: dict[str, Any], access_log: AccessLog | None = None
+) -> tuple[Sidecar, Bound]:
     sidecar = Sidecar(build(raw), access_log=access_log)
     bound: Bound = await nursery.start(sidecar.run)
     return sidecar, bound

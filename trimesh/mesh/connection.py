@@ -191,7 +191,7 @@ async def _one_request(
         return False
     except ProxyError as exc:
         rec.error, rec.status = exc.kind, exc.status
-        return await _send_rescue(down, exc, conn_id)
+        return await _send_rescue(down, exc, conn_id, head=request.method == b"HEAD")
     except DownstreamGone:
         rec.error = "downstream-disconnect"
         return False
@@ -242,7 +242,7 @@ async def _connect(
 
 
 async def _send_rescue(
-    down: Downstream, exc: ProxyError, conn_id: int, *, close: bool = False
+    down: Downstream, exc: ProxyError, conn_id: int, *, close: bool = False, head: bool = False
 ) -> bool:
     """Answer a proxy error through h11 if a response can still be sent; True to keep going."""
     if down.h11.our_state is not h11.SEND_RESPONSE or down.gone:
@@ -261,7 +261,8 @@ async def _send_rescue(
         data = down.h11.send(
             h11.Response(status_code=answer.status, headers=headers, reason=reason)
         )
-        data += down.h11.send(h11.Data(data=answer.body))
+        if not head:
+            data += down.h11.send(h11.Data(data=answer.body))
         data += down.h11.send(h11.EndOfMessage())
         await down.send(data)
     except (h11.LocalProtocolError, DownstreamGone):
