@@ -28,43 +28,65 @@ def _parser() -> argparse.ArgumentParser:
         "in your app and call http://<service-name>/path.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    serve = sub.add_parser("serve", help="run the sidecar",
-                           description="Run the sidecar until SIGTERM/SIGINT, then drain.")
+    serve = sub.add_parser(
+        "serve",
+        help="run the sidecar",
+        description="Run the sidecar until SIGTERM/SIGINT, then drain.",
+    )
     _config_flags(serve)
     serve.add_argument("--service", metavar="NAME", help="our service name (service.name)")
-    serve.add_argument("--service-ports", metavar="rest:8080",
-                       help="the local app's ports, NAME:PORT[,NAME:PORT] (app.ports)")
+    serve.add_argument(
+        "--service-ports",
+        metavar="rest:8080",
+        help="the local app's ports, NAME:PORT[,NAME:PORT] (app.ports)",
+    )
     serve.add_argument("--outbound", metavar="HOST:PORT", help="outbound listener")
     serve.add_argument("--inbound", metavar="HOST:PORT", help="inbound listener")
     serve.add_argument("--admin", metavar="HOST:PORT", help="admin listener")
-    serve.add_argument("--registry", metavar="URL",
-                       help="local:///path.db, etcd://h:p[,h:p], servicecomb://h:p or static:")
-    serve.add_argument("--log-level", metavar="LEVEL",
-                       help="debug, info, warning, error (default info)")
-    check = sub.add_parser("check", help="validate a config file",
-                           description="Validate the configuration; exit 0, or 2 listing "
-                           "every problem by its key path.")
+    serve.add_argument(
+        "--registry",
+        metavar="URL",
+        help="local:///path.db, etcd://h:p[,h:p], servicecomb://h:p or static:",
+    )
+    serve.add_argument(
+        "--log-level", metavar="LEVEL", help="debug, info, warning, error (default info)"
+    )
+    check = sub.add_parser(
+        "check",
+        help="validate a config file",
+        description="Validate the configuration; exit 0, or 2 listing "
+        "every problem by its key path.",
+    )
     _config_flags(check, required=True)
     sub.add_parser("version", help="print the version", description="Print the version.")
     return parser
 
 
 def _config_flags(p: argparse.ArgumentParser, *, required: bool = False) -> None:
-    p.add_argument("-c", "--config", metavar="FILE", type=Path, required=required,
-                   help="YAML config file (environment variables and flags override it)")
+    p.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        type=Path,
+        required=required,
+        help="YAML config file (environment variables and flags override it)",
+    )
 
 
 def _cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
     raw: dict[str, Any] = {}
-    pairs = [("service", {"service": {"name": args.service}}),
-             ("service_ports", {"app": {"ports": args.service_ports}}),
-             ("outbound", {"listen": {"outbound": args.outbound}}),
-             ("inbound", {"listen": {"inbound": args.inbound}}),
-             ("admin", {"listen": {"admin": args.admin}}),
-             ("log_level", {"log_level": args.log_level})]
-    for attr, layer in pairs:
+    paths = {
+        "service": ("service", "name"),
+        "service_ports": ("app", "ports"),
+        "outbound": ("listen", "outbound"),
+        "inbound": ("listen", "inbound"),
+        "admin": ("listen", "admin"),
+    }
+    for attr, (section, key) in paths.items():
         if getattr(args, attr, None) is not None:
-            raw = merge(raw, layer)
+            raw = merge(raw, {section: {key: getattr(args, attr)}})
+    if getattr(args, "log_level", None):
+        raw["log_level"] = args.log_level
     if getattr(args, "registry", None):
         raw = merge(raw, {"registry": registry_url(args.registry)})
     return raw
