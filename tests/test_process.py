@@ -65,10 +65,16 @@ async def cleanup() -> AsyncIterator[list[trio.Process]]:
 
 def base_config(**services: int) -> dict[str, object]:
     return {
-        "listen": {"outbound": "127.0.0.1:0", "inbound": "127.0.0.1:0", "admin": "127.0.0.1:0",
-                   "drain_timeout": "2s"},
-        "registry": {"type": "static",
-                     "services": {n: [{"address": f"127.0.0.1:{p}"}] for n, p in services.items()}},
+        "listen": {
+            "outbound": "127.0.0.1:0",
+            "inbound": "127.0.0.1:0",
+            "admin": "127.0.0.1:0",
+            "drain_timeout": "2s",
+        },
+        "registry": {
+            "type": "static",
+            "services": {n: [{"address": f"127.0.0.1:{p}"}] for n, p in services.items()},
+        },
     }
 
 
@@ -91,7 +97,7 @@ async def test_sigterm_drains_in_flight_request(
             await stream.send_all(b"GET http://orders/slow HTTP/1.1\r\nHost: orders\r\n\r\n")
             await app.request_arrived.wait()
             proc.process.send_signal(signal.SIGTERM)
-            while b"draining" not in proc.log:
+            while b"draining" not in proc.log:  # noqa: ASYNC110 - polling a pipe-fed log under fail_after
                 await trio.sleep(0.01)
             # The listener is closed: new connections are refused.
             with pytest.raises(OSError):
@@ -164,7 +170,9 @@ async def test_one_gib_each_way_in_bounded_memory(
     cleanup.append(proc.process)
     with trio.fail_after(120):
         up = await trio.open_tcp_stream("127.0.0.1", proc.outbound)
-        await up.send_all(b"PUT http://big/ HTTP/1.1\r\nHost: big\r\nContent-Length: %d\r\n\r\n" % GIB)
+        await up.send_all(
+            b"PUT http://big/ HTTP/1.1\r\nHost: big\r\nContent-Length: %d\r\n\r\n" % GIB
+        )
         for _ in range(GIB // len(CHUNK)):
             await up.send_all(CHUNK)
         head = await up.receive_some(65536)
@@ -187,8 +195,13 @@ def _peak_rss_kib(pid: int) -> int:
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*TRIMESH, *args], capture_output=True, text=True, timeout=30,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [*TRIMESH, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_check_names_every_bad_key(tmp_path: Path) -> None:
@@ -200,8 +213,14 @@ def test_check_names_every_bad_key(tmp_path: Path) -> None:
     )
     result = run_cli("check", "-c", str(bad))
     assert result.returncode == 2
-    for key in ("service.name", "listen.outbound", "limits.header_timeout", "limits.max_headers",
-                "bogus: unknown key", "registry.services"):
+    for key in (
+        "service.name",
+        "listen.outbound",
+        "limits.header_timeout",
+        "limits.max_headers",
+        "bogus: unknown key",
+        "registry.services",
+    ):
         assert key in result.stderr, result.stderr
 
 

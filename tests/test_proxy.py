@@ -200,7 +200,7 @@ async def test_loop_detected(nursery: trio.Nursery) -> None:
         listen={"outbound": f"127.0.0.1:{port}"},
         registry=static(me=[{"address": f"127.0.0.1:{port}"}]),
     )
-    sidecar, bound = await start_sidecar(nursery, raw)
+    sidecar, _ = await start_sidecar(nursery, raw)
     async with httpx.AsyncClient(proxy=f"http://127.0.0.1:{port}") as c:
         r = await c.get("http://me/")
     assert (r.status_code, r.headers["x-trimesh-error"]) == (508, "loop-detected")

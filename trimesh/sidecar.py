@@ -173,8 +173,7 @@ class Sidecar:
         async def handle(stream: trio.SocketStream) -> None:
             nonlocal active
             if active >= limit:
-                with trio.move_on_after(1):
-                    await _refuse(stream)
+                await _refuse(stream)
                 return
             active += 1
             try:
@@ -239,9 +238,14 @@ class Sidecar:
 
 
 async def _refuse(stream: trio.SocketStream) -> None:
+    """Answer 503 and close without RST: half-close, then drain briefly."""
     try:
         await stream.send_all(_OVERLOADED)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        await stream.send_eof()
+        with trio.move_on_after(1):
+            while await stream.receive_some(65536):
+                pass
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
     finally:
         await trio.aclose_forcefully(stream)

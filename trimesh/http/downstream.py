@@ -29,6 +29,7 @@ class Downstream:
     __slots__ = (
         "_data",
         "_space",
+        "discard",
         "gone",
         "guard",
         "h11",
@@ -47,6 +48,7 @@ class Downstream:
         self._data = trio.lowlevel.ParkingLot()
         self._space = trio.lowlevel.ParkingLot()
         self.gone = False
+        self.discard = False
         # The scope of the request in flight; the reader cancels it on disconnect.
         self.request_scope: trio.CancelScope | None = None
 
@@ -66,6 +68,8 @@ class Downstream:
                 data = await self.stream.receive_some(READ_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
+            if self.discard and data:
+                continue
             self.guard.feed(data)
             self._data.unpark_all()
             if not data:
@@ -73,6 +77,25 @@ class Downstream:
                 if self.request_scope is not None:
                     self.request_scope.cancel()
                 return
+
+    async def linger(self, seconds: float) -> None:
+        """Close our side gracefully: half-close, then discard input until EOF or `seconds`.
+
+        Closing a socket with unread input makes the kernel send RST, which can
+        destroy the error response the client has not read yet (nginx's
+        lingering_close solves the same problem).
+        """
+        if self.gone:
+            return
+        self.discard = True
+        self.guard.take_rest()
+        with trio.move_on_after(seconds):
+            try:
+                await self.stream.send_eof()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                return
+            while not self.gone:
+                await self._data.park()
 
     async def wait_data(self) -> None:
         """Park until the reader delivers more bytes (or EOF)."""

@@ -48,17 +48,19 @@ NO_BODY = Framing(0, False)
 
 def vet_head(head: bytes | bytearray, limits: Limits) -> Framing:
     """Check a complete head (ending in CRLFCRLF); return its body framing."""
+    # The request line first: a long one is 414 however the bytes were split.
+    if _first_line_too_long(head, limits.max_request_line):
+        raise UriTooLong(f"request line over {limits.max_request_line} bytes")
     if len(head) > limits.max_header_bytes:
         raise HeadersTooLarge(f"header block over {limits.max_header_bytes} bytes")
     if head.count(b"\n") != head.count(b"\r\n") or head.count(b"\r") != head.count(b"\r\n"):
         raise BadRequest("bare CR or LF in the header block")
     lines = bytes(head[:-4]).split(b"\r\n")
     request_line = lines[0]
-    if len(request_line) > limits.max_request_line:
-        raise UriTooLong(f"request line over {limits.max_request_line} bytes")
     if len(lines) - 1 > limits.max_headers:
         raise HeadersTooLarge(f"more than {limits.max_headers} header fields")
-    http10 = request_line.endswith(b" HTTP/1.0")
+    # h11 accepts any HTTP/d.d; every version below 1.1 lacks chunked framing (RFC 9112 6.1).
+    before_11 = request_line.rpartition(b" ")[2] < b"HTTP/1.1"
     length: int | None = None
     chunked = False
     for line in lines[1:]:
@@ -80,11 +82,21 @@ def vet_head(head: bytes | bytearray, limits: Limits) -> Framing:
             chunked = True
     if chunked and length is not None:
         raise BadRequest("both Content-Length and Transfer-Encoding")
-    if chunked and http10:
+    if chunked and before_11:
         raise BadRequest("Transfer-Encoding on HTTP/1.0")
     if chunked:
         return Framing(None, True)
     return Framing(length or 0, False)
+
+
+def _first_line_too_long(buf: bytes | bytearray, limit: int) -> bool:
+    """True once the request line (its CRLF not counted) is known to exceed `limit`."""
+    end = buf.find(b"\n", 0, limit + 2)
+    if end < 0:
+        end = min(len(buf), limit + 2)
+    if end and buf[end - 1] == 0x0D:
+        end -= 1
+    return end > limit
 
 
 def _content_length(value: bytes, limits: Limits) -> int:
@@ -175,28 +187,42 @@ class RequestGuard:
             return None
         head = bytes(buf[: end + 4])
         framing = vet_head(head, self._limits)
-        del buf[: end + 4]
         self._framing = framing
         self._body_seen = 0
         if framing.chunked:
             self._state = _CHUNK_SIZE
+            self._vet_buffered_body(end + 4)
         elif framing.content_length:
             self._state, self._remaining = _LENGTH, framing.content_length
         else:
             self._state = _DONE
+        del buf[: end + 4]
         return head
 
     def _check_partial_head(self) -> None:
         buf = self._buf
         if b"\n\n" in buf or b"\n\r\n" in buf:
             raise BadRequest("bare LF in the header block")
+        if _first_line_too_long(buf, self._limits.max_request_line):
+            raise UriTooLong(f"request line over {self._limits.max_request_line} bytes")
         if len(buf) > self._limits.max_header_bytes:
             raise HeadersTooLarge(f"header block over {self._limits.max_header_bytes} bytes")
-        first = buf.find(b"\n")
-        if (first < 0 and len(buf) > self._limits.max_request_line) or (
-            first > self._limits.max_request_line
-        ):
-            raise UriTooLong(f"request line over {self._limits.max_request_line} bytes")
+
+    def _vet_buffered_body(self, pos: int) -> None:
+        """Raise now if the chunked body bytes already here are bad.
+
+        Without this look-ahead the head would go upstream (a connection
+        opened, a request started) for a message whose rejection is already
+        certain from bytes in hand. Nothing is consumed.
+        """
+        saved = (self._state, self._remaining, self._body_seen)
+        try:
+            while pos < len(self._buf) and self._state != _DONE:
+                pos = self._step_chunked(self._buf, pos)
+                if pos < 0:
+                    break
+        finally:
+            self._state, self._remaining, self._body_seen = saved
 
     def _pull_length(self) -> bytes:
         n = min(self._remaining, len(self._buf))

@@ -35,6 +35,8 @@ from trimesh.observe.accesslog import AccessLog, AccessRecord
 
 log = logging.getLogger("trimesh.connection")
 _conn_ids = count(1)
+# How long a connection we close may keep draining the client's unread bytes.
+LINGER = 2.0
 _REASONS = {
     400: b"Bad Request",
     405: b"Method Not Allowed",
@@ -89,6 +91,7 @@ async def serve_connection(stream: trio.SocketStream, ctx: ListenerContext) -> N
         async with trio.open_nursery() as nursery:
             nursery.start_soon(down.reader)
             await _requests(down, ctx, conn_id, None)
+            await down.linger(LINGER)
             nursery.cancel_scope.cancel()
     except Exception:
         log.exception("conn=%d bug: unhandled error", conn_id)

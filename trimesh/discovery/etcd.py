@@ -1,0 +1,347 @@
+"""The etcd registry backend, over etcd's v3 JSON gateway (etcd >= 3.4).
+
+Each instance is one key, ``<prefix>/registry/<app>/<service>/<instance-id>``,
+whose value is a JSON document of the instance and which is attached to a
+lease of `Registration.lease_ttl` seconds. A heartbeat renews the lease; when
+the lease runs out etcd deletes the key, so dead sidecars vanish on their own.
+Discovery is a range read of the service's key prefix followed by a watch
+stream that resumes from the last seen revision.
+
+Error handling: transport failures and etcd refusals raise
+`RegistryUnavailable`; an expired or revoked lease raises `LeaseExpired`.
+Resource handling: no connection outlives a call; `watch` holds one stream
+until it returns or is cancelled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any, Literal
+from urllib.parse import quote
+
+import attrs
+
+from trimesh.discovery._etcd_api import (
+    NOT_FOUND,
+    EtcdError,
+    EtcdGateway,
+    JsonObject,
+    b64,
+    prefix_end,
+    unb64,
+)
+from trimesh.discovery.base import (
+    Instance,
+    LeaseExpired,
+    OnChange,
+    Registration,
+    RegistryUnavailable,
+    ServiceKey,
+    Status,
+)
+
+log = logging.getLogger(__name__)
+
+StreamOutcome = Literal["broken", "compacted", "unauthenticated"]
+MAX_IDLE_BREAKS = 3
+
+
+@attrs.frozen
+class _Own:
+    """One registration of ours: where it lives and which lease holds it."""
+
+    instance_id: str
+    registration: Registration
+    key: bytes
+    lease: str
+    status: Status = "UP"
+    registered: float = attrs.field(factory=time.time)
+
+
+class EtcdRegistry:
+    """A `Registry` kept in etcd; see the module docstring for the key layout.
+
+    Endpoints are tried in order when one fails. With `username`, calls carry
+    an etcd auth token, renewed when etcd reports it invalid.
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[tuple[str, int]],
+        *,
+        prefix: str = "/trimesh",
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        self._api = EtcdGateway(endpoints, username, password)
+        self._prefix = prefix.rstrip("/")
+        self._mine: dict[str, _Own] = {}
+
+    def __repr__(self) -> str:
+        return f"<EtcdRegistry {self._prefix!r} {self._api!r} own={len(self._mine)}>"
+
+    async def register(self, me: Registration) -> str:
+        """Put our instance under a fresh lease; registering `me` again keeps its id."""
+        old = next((own for own in self._mine.values() if own.registration == me), None)
+        instance_id = old.instance_id if old else uuid.uuid4().hex
+        grant = await self._api.call(
+            "/v3/lease/grant", {"TTL": str(max(1, math.ceil(me.lease_ttl)))}
+        )
+        own = _Own(
+            instance_id,
+            me,
+            self._instance_key(me.key, instance_id),
+            str(grant.get("ID", "0")),
+            old.status if old else "UP",
+        )
+        await self._put(own)
+        self._mine[instance_id] = own
+        if old is not None:
+            try:
+                await self._revoke(old.lease)  # the key moved to the new lease
+            except RegistryUnavailable as exc:
+                # An orphaned lease holds no key and dies after its TTL.
+                log.warning("etcd: could not revoke old lease of %s: %s", instance_id, exc)
+        return instance_id
+
+    async def heartbeat(self, instance_id: str) -> None:
+        """Renew the lease with one keepalive round trip.
+
+        Error handling: `LeaseExpired` when etcd no longer knows the lease
+        (its answer carries no TTL) or the id is not ours.
+        """
+        own = self._own(instance_id)
+        async with self._api.stream("/v3/lease/keepalive", {"ID": own.lease}) as answers:
+            result = await answers.receive()
+        if result is None or int(result.get("TTL", "0")) <= 0:
+            raise LeaseExpired(f"etcd lease of {instance_id} expired")
+
+    async def set_status(self, instance_id: str, status: Status) -> None:
+        """Rewrite our instance document with `status`, under the same lease."""
+        own = attrs.evolve(self._own(instance_id), status=status)
+        await self._put(own)
+        self._mine[instance_id] = own
+
+    async def deregister(self, instance_id: str) -> None:
+        """Revoke our lease, which deletes the key; unknown ids are ignored."""
+        own = self._mine.get(instance_id)
+        if own is not None:
+            await self._revoke(own.lease)
+            del self._mine[instance_id]
+
+    async def instances(self, key: ServiceKey) -> Sequence[Instance]:
+        """Every instance of `key` as one consistent range read."""
+        return (await self._list(self._service_prefix(key))).snapshot()
+
+    async def watch(self, key: ServiceKey, on_change: OnChange) -> None:
+        """List `key`, report it, then report every change until cancelled.
+
+        A broken stream is reopened at once from the last seen revision; if no
+        endpoint accepts the new stream (etcd down), `RegistryUnavailable` is
+        raised and the caller restarts the watch, which lists afresh. A watch
+        cancelled by compaction lists again and reports the new list.
+        """
+        prefix = self._service_prefix(key)
+        view = await self._list(prefix)
+        on_change(view.snapshot())
+        await self._follow(prefix, view, on_change)
+
+    async def aclose(self) -> None:
+        """Nothing to release: every call uses its own connection."""
+
+    async def _follow(self, prefix: bytes, view: WatchView, on_change: OnChange) -> None:
+        # Separate from `watch` so tests can start from a chosen (old) revision.
+        auth_retried, idle_breaks = False, 0
+        while True:
+            seen = view.revision
+            outcome = await self._follow_stream(prefix, view, on_change)
+            if outcome == "compacted":
+                log.info("etcd watch %r fell behind compaction; listing again", prefix)
+                view = await self._list(prefix)
+                on_change(view.snapshot())
+            elif outcome == "unauthenticated":
+                if auth_retried:
+                    raise EtcdError(16, "etcd refused the watch token twice")
+                log.info("etcd watch %r: token rejected; authenticating again", prefix)
+                self._api.forget_token()
+            else:
+                # Streams that keep breaking with no progress mean something is
+                # wrong between us and etcd: let the caller back off.
+                idle_breaks = 0 if view.revision > seen else idle_breaks + 1
+                if idle_breaks >= MAX_IDLE_BREAKS:
+                    raise RegistryUnavailable(f"etcd watch {prefix!r} keeps breaking")
+                log.info("etcd watch %r resuming after revision %d", prefix, view.revision)
+            auth_retried = outcome == "unauthenticated"
+
+    async def _follow_stream(
+        self, prefix: bytes, view: WatchView, on_change: OnChange
+    ) -> StreamOutcome:
+        """Apply one watch stream's events to `view`; say why the stream ended.
+
+        Error handling: `RegistryUnavailable` if the stream fails before etcd
+        confirmed the watch or etcd cancels it for a reason we cannot fix; a
+        break after that is the "broken" outcome.
+        """
+        request = {
+            "key": b64(prefix),
+            "range_end": b64(prefix_end(prefix)),
+            "start_revision": str(view.revision + 1),
+            "progress_notify": True,
+        }
+        created = False
+        canceled: JsonObject | None = None
+        try:
+            async with self._api.stream("/v3/watch", {"create_request": request}) as results:
+                while (result := await results.receive()) is not None:
+                    if result.get("canceled"):
+                        canceled = result
+                        break
+                    created = created or bool(result.get("created"))
+                    if view.apply(result):
+                        on_change(view.snapshot())
+        except RegistryUnavailable as exc:
+            if not created:
+                raise
+            log.info("etcd watch %r broke: %s", prefix, exc)
+        if canceled is not None:
+            return _cancel_outcome(canceled)
+        if not created:
+            raise RegistryUnavailable("etcd watch stream ended before it started")
+        return "broken"
+
+    async def _list(self, prefix: bytes) -> WatchView:
+        answer = await self._api.call(
+            "/v3/kv/range", {"key": b64(prefix), "range_end": b64(prefix_end(prefix))}
+        )
+        view = WatchView(revision=_revision(answer))
+        for kv in answer.get("kvs", []):
+            view.put(kv)
+        return view
+
+    async def _put(self, own: _Own) -> None:
+        body = {"key": b64(own.key), "value": b64(_document(own)), "lease": own.lease}
+        try:
+            await self._api.call("/v3/kv/put", body)
+        except EtcdError as exc:
+            if exc.code == NOT_FOUND:  # "requested lease not found"
+                raise LeaseExpired(f"etcd lease of {own.instance_id} expired") from exc
+            raise
+
+    async def _revoke(self, lease: str) -> None:
+        try:
+            await self._api.call("/v3/lease/revoke", {"ID": lease})
+        except EtcdError as exc:
+            if exc.code != NOT_FOUND:  # already expired or revoked
+                raise
+
+    def _own(self, instance_id: str) -> _Own:
+        try:
+            return self._mine[instance_id]
+        except KeyError:
+            raise LeaseExpired(f"{instance_id} is not registered here") from None
+
+    def _service_prefix(self, key: ServiceKey) -> bytes:
+        # Quoting keeps a "/" in a name from reaching into another service's keys.
+        app, name = quote(key.app, safe=""), quote(key.name, safe="")
+        return f"{self._prefix}/registry/{app}/{name}/".encode()
+
+    def _instance_key(self, key: ServiceKey, instance_id: str) -> bytes:
+        return self._service_prefix(key) + instance_id.encode()
+
+
+@attrs.define
+class WatchView:
+    """Sans-IO state of one watcher: instances by etcd key, and the last revision seen."""
+
+    instances: dict[bytes, Instance] = attrs.field(factory=dict)
+    revision: int = 0
+
+    def snapshot(self) -> tuple[Instance, ...]:
+        return tuple(sorted(self.instances.values(), key=lambda i: i.instance_id))
+
+    def put(self, kv: JsonObject) -> None:
+        """Record a key-value from a range answer or a PUT event."""
+        key = unb64(kv.get("key", ""))
+        instance = _instance_from(key, unb64(kv.get("value", "")))
+        if instance is None:
+            self.instances.pop(key, None)
+        else:
+            self.instances[key] = instance
+
+    def apply(self, result: JsonObject) -> bool:
+        """Apply one watch response; return whether it carried events."""
+        events = result.get("events", [])
+        for event in events:
+            kv = event.get("kv", {})
+            if event.get("type", "PUT") == "DELETE":
+                self.instances.pop(unb64(kv.get("key", "")), None)
+            else:
+                self.put(kv)
+            self.revision = max(self.revision, int(kv.get("mod_revision", 0)))
+        if not events and not result.get("created"):
+            # A progress notification: every event up to this revision was sent.
+            self.revision = max(self.revision, _revision(result))
+        return bool(events)
+
+
+def _revision(answer: JsonObject) -> int:
+    return int(answer.get("header", {}).get("revision", 0))
+
+
+def _cancel_outcome(result: JsonObject) -> StreamOutcome:
+    if int(result.get("compact_revision", 0)) > 0:
+        return "compacted"
+    reason = str(result.get("cancel_reason", "watch cancelled"))
+    # etcd 3.4 says "invalid auth token"; 3.5 cancels a stale token's watch with
+    # "permission denied". Either way authenticate once more; a second refusal raises.
+    if "auth" in reason or "permission denied" in reason:
+        return "unauthenticated"
+    raise RegistryUnavailable(f"etcd cancelled the watch: {reason}")
+
+
+def _document(own: _Own) -> bytes:
+    me = own.registration
+    return json.dumps(
+        {
+            "instance_id": own.instance_id,
+            "app": me.app,
+            "service": me.service,
+            "host": me.host,
+            "port": me.port,
+            "version": me.version,
+            "environment": me.environment,
+            "status": own.status,
+            "metadata": dict(me.metadata),
+            "registered": own.registered,
+        }
+    ).encode()
+
+
+def _instance_from(key: bytes, value: bytes) -> Instance | None:
+    """Decode an instance document; None (and a warning) for anything malformed."""
+    try:
+        doc: Any = json.loads(value)
+        port, status, tags = doc["port"], doc.get("status", "UP"), doc.get("metadata", {})
+        if not (isinstance(port, int) and 0 < port < 65536 and status in ("UP", "DOWN")):
+            raise ValueError("bad port or status")
+        if not isinstance(tags, dict):
+            raise ValueError("metadata is not an object")
+        return Instance(
+            service=str(doc["service"]),
+            instance_id=str(doc.get("instance_id") or key.rsplit(b"/", 1)[-1].decode()),
+            host=str(doc["host"]),
+            port=port,
+            app=str(doc.get("app", "default")),
+            version=str(doc.get("version", "")),
+            environment=str(doc.get("environment", "")),
+            status=status,
+            tags=tags,
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("etcd: ignoring malformed instance at %r: %s", key, exc)
+        return None

@@ -1,0 +1,477 @@
+"""The `servicecomb` registry: Apache ServiceComb Service Center's v4 REST API.
+
+This is the registry ServiceComb Mesher itself uses. `register` creates-or-gets
+the micro-service (app/name/version/env) and registers one instance with a
+``push`` health check; `instances` finds providers with ``rev=`` caching (304
+means unchanged); `watch` follows the consumer's websocket.
+
+Service Center behaviour this relies on (apache/servicecomb-service-center,
+error codes from go-chassis/cari ``discovery/error.go``):
+
+* errors are ``{"errorCode": "400017", "errorMessage": ..., "detail": ...}``
+  with HTTP status ``errorCode // 1000``;
+* creating a service that already exists answers 200 with the existing id;
+* a lease lasts ``interval * (times + 1)`` seconds and the server raises
+  interval to at least 5 s and times to at least 3;
+* registering with a known ``instanceId`` renews it instead of duplicating it,
+  which makes `register` idempotent;
+* the watcher websocket sends no snapshot, only events for providers the
+  consumer has *found* (a find records the dependency); ``EXPIRE`` carries no
+  instance and means "find again"; an unknown consumer gets one plain-text
+  message instead of JSON.
+
+Until this registry has registered (so has no consumer service id), `watch`
+polls `instances` every `POLL_INTERVAL` seconds instead, and switches to the
+websocket as soon as `register` succeeds.
+
+Instance ids are ``"<serviceId>/<instanceId>"``, for ours and for providers'.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import socket
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
+
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    HandshakeError,
+    WebSocketConnection,
+    wrap_client_stream,
+)
+
+from trimesh.discovery.base import (
+    Instance,
+    LeaseExpired,
+    OnChange,
+    Registration,
+    RegistryError,
+    RegistryUnavailable,
+    ServiceKey,
+    Status,
+)
+from trimesh.http.client import HTTPClientError, Response, request
+
+__all__ = ["POLL_INTERVAL", "ServiceCenterError", "ServiceCombRegistry"]
+
+log = logging.getLogger(__name__)
+
+# Watch falls back to polling (rev-cached, so mostly 304s) until we have registered.
+POLL_INTERVAL = 5.0
+
+INVALID_PARAMS = "400001"
+SERVICE_EXISTS = "400010"
+SERVICE_MISSING = "400012"
+INSTANCE_MISSING = "400017"
+VERSION_MISSING = "400026"
+_GONE = (SERVICE_MISSING, INSTANCE_MISSING)
+
+
+class ServiceCenterError(RegistryError):
+    """Service Center refused a request (4xx); `code` is its ``errorCode``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"HTTP {status}, errorCode {code}: {message}")
+        self.status = status
+        self.code = code
+
+
+def error_of(resp: Response) -> ServiceCenterError:
+    """The error a non-2xx Service Center response carries."""
+    try:
+        data = resp.json()
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        return ServiceCenterError(resp.status, "", resp.body[:200].decode("utf-8", "replace"))
+    detail = data.get("detail") or ""
+    message = str(data.get("errorMessage", "")) + (f" ({detail})" if detail else "")
+    return ServiceCenterError(resp.status, str(data.get("errorCode", "")), message)
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, int] | None:
+    """``rest://host:port?sslEnabled=false`` → (host, port); None for other schemes."""
+    try:
+        parts = urlsplit(endpoint)
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme != "rest" or not parts.hostname or port is None:
+        return None
+    return parts.hostname, port
+
+
+def instance_from_json(data: Mapping[str, Any], key: ServiceKey, env: str) -> Instance | None:
+    """A provider instance from Service Center JSON; None when it has no rest endpoint."""
+    service_id, instance_id = data.get("serviceId"), data.get("instanceId")
+    addresses = (parse_endpoint(str(ep)) for ep in data.get("endpoints") or ())
+    address = next((a for a in addresses if a is not None), None)
+    if not service_id or not instance_id or address is None:
+        return None
+    # STARTING, TESTING and OUTOFSERVICE are not routable either.
+    status: Status = "UP" if data.get("status", "UP") == "UP" else "DOWN"
+    return Instance(
+        service=key.name,
+        instance_id=f"{service_id}/{instance_id}",
+        host=address[0],
+        port=address[1],
+        app=key.app,
+        version=str(data.get("version", "")),
+        environment=env,
+        status=status,
+        tags=data.get("properties") or {},
+    )
+
+
+def instance_body(me: Registration, hostname: str, instance_id: str | None) -> dict[str, Any]:
+    """The ``{"instance": ...}`` body registering `me`; `instance_id` renews a known one."""
+    interval = max(1, math.ceil(me.heartbeat_interval))
+    times = max(1, math.ceil(me.lease_ttl / interval) - 1)
+    body: dict[str, Any] = {
+        "hostName": hostname[:64] or me.host,
+        "endpoints": [f"{me.endpoint}?sslEnabled=false"],
+        "status": "UP",
+        "properties": dict(me.metadata),
+        "healthCheck": {"mode": "push", "interval": interval, "times": times},
+    }
+    if instance_id:
+        body["instanceId"] = instance_id
+    return {"instance": body}
+
+
+def split_id(instance_id: str) -> tuple[str, str]:
+    """``"<serviceId>/<instanceId>"`` → the two ids; ValueError when malformed."""
+    service_id, sep, instance = instance_id.partition("/")
+    if not (service_id and sep and instance):
+        raise ValueError(f"not a servicecomb instance id: {instance_id!r}")
+    return service_id, instance
+
+
+def _content(instances: Sequence[Instance]) -> list[tuple[object, ...]]:
+    # Instance equality ignores tags; a watcher must still see metadata changes.
+    return sorted(
+        (i.instance_id, i.host, i.port, i.status, i.version, sorted(i.tags.items()))
+        for i in instances
+    )
+
+
+class _Watch:
+    """One watched key: its instance map, and the last snapshot handed to `on_change`."""
+
+    def __init__(self, key: ServiceKey, on_change: OnChange) -> None:
+        self.key = key
+        self.on_change = on_change
+        self.current: dict[str, Instance] = {}
+        self._published: list[tuple[object, ...]] | None = None
+
+    def reset(self, instances: Sequence[Instance]) -> None:
+        self.current = {i.instance_id: i for i in instances}
+        self.publish()
+
+    def publish(self) -> None:
+        content = _content(list(self.current.values()))
+        if content != self._published:
+            self._published = content
+            self.on_change(list(self.current.values()))
+
+    def apply(self, message: str | bytes, env: str) -> bool:
+        """Apply one watcher event; False means "find again" (EXPIRE).
+
+        Error handling: a message that is not a JSON event is Service Center
+        refusing the watch (e.g. our consumer id is unknown): `RegistryUnavailable`.
+        """
+        try:
+            event = json.loads(message)
+        except ValueError:
+            event = None
+        if not isinstance(event, dict):
+            raise RegistryUnavailable(f"Service Center ended the watch: {message[:200]!r}")
+        key = event.get("key") or {}
+        if key.get("appId") != self.key.app or self.key.name not in (
+            key.get("serviceName"),
+            key.get("alias"),
+        ):
+            return True
+        if event.get("action") == "EXPIRE":
+            return False
+        data = event.get("instance") or {}
+        instance_id = f"{data.get('serviceId')}/{data.get('instanceId')}"
+        instance = instance_from_json(data, self.key, env)
+        if event.get("action") in ("CREATE", "UPDATE") and instance is not None:
+            self.current[instance_id] = instance
+        else:
+            self.current.pop(instance_id, None)
+        return True
+
+
+class ServiceCombRegistry:
+    """A `Registry` on Service Center; `endpoints` are tried in turn on connection errors.
+
+    Error handling: connection failures and 5xx raise `RegistryUnavailable`; a
+    heartbeat or status change for an instance Service Center no longer knows
+    raises `LeaseExpired`; other refusals raise `ServiceCenterError`.
+    Resource handling: one connection per request; nothing is held between calls.
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[tuple[str, int]],
+        *,
+        project: str = "default",
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        if not endpoints:
+            raise ValueError("at least one Service Center endpoint is required")
+        self._endpoints = list(endpoints)
+        self._current = 0
+        self._prefix = f"/v4/{quote(project, safe='')}/registry"
+        self._credentials = None if username is None else (username, password or "")
+        self._token: str | None = None
+        self._hostname = socket.gethostname()
+        # Our own micro-service: the consumer id that find and watch present.
+        self._consumer_id: str | None = None
+        self._environment = ""
+        self._registered_event = trio.Event()
+        # (serviceId, endpoint) → (instanceId, metadata) of what we registered.
+        self._registered: dict[tuple[str, str], tuple[str, Mapping[str, str]]] = {}
+        self._found: dict[ServiceKey, tuple[str, tuple[Instance, ...]]] = {}
+
+    def __repr__(self) -> str:
+        host, port = self._endpoints[self._current]
+        return (
+            f"<ServiceCombRegistry {host}:{port}{self._prefix} consumer={self._consumer_id}"
+            f" cached={len(self._found)}>"
+        )
+
+    async def __aenter__(self) -> ServiceCombRegistry:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def register(self, me: Registration) -> str:
+        service_id = await self._service_id(me)
+        known = (service_id, me.endpoint)
+        previous = self._registered.get(known)
+        body = instance_body(me, self._hostname, previous[0] if previous else None)
+        path = f"/microservices/{service_id}/instances"
+        instance_id = str(self._ok(await self._call("POST", path, json_body=body))["instanceId"])
+        if previous is not None and previous[1] != me.metadata:
+            # Service Center renews a known instance id without reading the body.
+            props = {"properties": dict(me.metadata)}
+            resp = await self._call("PUT", f"{path}/{instance_id}/properties", json_body=props)
+            if resp.status != 200:
+                raise error_of(resp)
+        self._registered[known] = (instance_id, me.metadata)
+        self._consumer_id, self._environment = service_id, me.environment
+        self._registered_event.set()
+        return f"{service_id}/{instance_id}"
+
+    async def heartbeat(self, instance_id: str) -> None:
+        service_id, instance = split_id(instance_id)
+        path = f"/microservices/{service_id}/instances/{instance}/heartbeat"
+        self._check(await self._call("PUT", path), instance_id)
+
+    async def set_status(self, instance_id: str, status: Status) -> None:
+        service_id, instance = split_id(instance_id)
+        path = f"/microservices/{service_id}/instances/{instance}/status?value={status}"
+        self._check(await self._call("PUT", path), instance_id)
+
+    async def deregister(self, instance_id: str) -> None:
+        service_id, instance = split_id(instance_id)
+        resp = await self._call("DELETE", f"/microservices/{service_id}/instances/{instance}")
+        if resp.status != 200 and error_of(resp).code not in _GONE:
+            raise error_of(resp)  # missing is fine: the caller wanted it gone
+        self._registered = {k: v for k, v in self._registered.items() if v[0] != instance}
+
+    async def instances(self, key: ServiceKey) -> Sequence[Instance]:
+        return list(await self._find(key))
+
+    async def watch(self, key: ServiceKey, on_change: OnChange) -> None:
+        watch = _Watch(key, on_change)
+        while self._consumer_id is None:
+            watch.reset(await self._find(key))
+            with trio.move_on_after(POLL_INTERVAL):
+                await self._registered_event.wait()
+        await self._watch_socket(watch, self._consumer_id)
+
+    async def aclose(self) -> None:
+        self._token = None
+
+    # -- the pieces -------------------------------------------------------------
+
+    async def _service_id(self, me: Registration) -> str:
+        """Create-or-get our micro-service; Service Center answers an existing id on create."""
+        query = urlencode(
+            {
+                "type": "microservice",
+                "appId": me.app,
+                "serviceName": me.service,
+                "version": me.version,
+                "env": me.environment,
+            }
+        )
+        resp = await self._call("GET", f"/existence?{query}")
+        if resp.status == 200:
+            return str(self._ok(resp)["serviceId"])
+        if error_of(resp).code not in (SERVICE_MISSING, VERSION_MISSING):
+            raise error_of(resp)
+        service = {
+            "appId": me.app,
+            "serviceName": me.service,
+            "version": me.version,
+            "environment": me.environment,
+            "status": "UP",
+            "registerBy": "SIDECAR",
+        }
+        resp = await self._call("POST", "/microservices", json_body={"service": service})
+        if resp.status != 200 and error_of(resp).code == SERVICE_EXISTS:
+            resp = await self._call("GET", f"/existence?{query}")  # lost a race; read the winner
+        return str(self._ok(resp)["serviceId"])
+
+    async def _find(self, key: ServiceKey) -> tuple[Instance, ...]:
+        """Find `key`'s instances, answering from the cache when Service Center says 304."""
+        cached = self._found.get(key)
+        query = {"appId": key.app, "serviceName": key.name, "version": "0+"}
+        query["env"] = self._environment
+        if cached is not None:
+            query["rev"] = cached[0]
+        consumer = self._consumer_id
+        headers = {"x-consumerid": consumer} if consumer else {}
+        resp = await self._call("GET", f"/instances?{urlencode(query)}", headers=headers)
+        if resp.status == 400 and error_of(resp).code == SERVICE_MISSING and consumer:
+            # Either the provider or *we* are unknown (Service Center lost our
+            # registration; the heartbeat loop will register again). Ask anonymously.
+            resp = await self._call("GET", f"/instances?{urlencode(query)}")
+        if resp.status == 304 and cached is not None:
+            return cached[1]
+        if resp.status == 400 and error_of(resp).code == SERVICE_MISSING:
+            self._found.pop(key, None)
+            return ()
+        data = self._ok(resp).get("instances") or []
+        parsed = (instance_from_json(d, key, self._environment) for d in data)
+        instances = tuple(i for i in parsed if i is not None)
+        rev = resp.headers.get("x-resource-revision", "")
+        if rev:
+            self._found[key] = (rev, instances)
+        return instances
+
+    async def _watch_socket(self, watch: _Watch, consumer_id: str) -> None:
+        """Follow the consumer's watcher websocket; ends only by raising `RegistryUnavailable`.
+
+        Resource handling: we own the TCP stream (trio-websocket leaves it open
+        after an abnormal closure) and the nursery of the websocket's reader task.
+        """
+        host, port = self._endpoints[self._current]
+        headers = [(k.encode(), v.encode()) for k, v in (await self._headers()).items()]
+        resource = f"{self._prefix}/microservices/{consumer_id}/watcher"
+        try:
+            stream = await trio.open_tcp_stream(host, port)
+        except OSError as exc:
+            self._current = (self._current + 1) % len(self._endpoints)
+            raise RegistryUnavailable(f"watch: connect to {host}:{port} failed: {exc}") from exc
+        failure: Exception | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                try:
+                    ws = await wrap_client_stream(
+                        nursery, stream, f"{host}:{port}", resource, extra_headers=headers
+                    )
+                    await self._follow(ws, watch)
+                except (HandshakeError, ConnectionClosed, RegistryError) as exc:
+                    failure = exc  # raised below, outside the nursery: no ExceptionGroup
+                nursery.cancel_scope.cancel()
+        finally:
+            await trio.aclose_forcefully(stream)
+        if isinstance(failure, ConnectionRejected) and failure.status_code == 401:
+            self._token = None
+        if isinstance(failure, RegistryUnavailable):
+            raise failure
+        raise RegistryUnavailable(f"watch on {host}:{port} ended: {failure!r}") from failure
+
+    async def _follow(self, ws: WebSocketConnection, watch: _Watch) -> None:
+        # Find only after subscribing, so no event falls between the two.
+        watch.reset(await self._find(watch.key))
+        while True:
+            if not watch.apply(await ws.get_message(), self._environment):
+                watch.reset(await self._find(watch.key))
+            watch.publish()
+
+    def _check(self, resp: Response, instance_id: str) -> None:
+        if resp.status == 200:
+            return
+        error = error_of(resp)
+        if error.code in _GONE:
+            raise LeaseExpired(f"{instance_id}: {error}") from error
+        raise error
+
+    def _ok(self, resp: Response) -> dict[str, Any]:
+        if resp.status != 200:
+            raise error_of(resp)
+        try:
+            data = resp.json()
+        except ValueError as exc:
+            raise RegistryUnavailable(f"malformed Service Center answer: {exc}") from exc
+        if not isinstance(data, dict):
+            raise RegistryUnavailable(f"unexpected Service Center answer: {data!r}")
+        return data
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Response:
+        """One registry request, re-authenticating once on 401; 5xx → `RegistryUnavailable`."""
+        for attempt in range(2):
+            hdrs = {**(await self._headers()), **(headers or {})}
+            resp = await self._send(method, self._prefix + path, hdrs, json_body)
+            if resp.status != 401 or self._credentials is None or attempt:
+                break
+            self._token = None
+        if resp.status >= 500:
+            raise RegistryUnavailable(f"{method} {path}: {error_of(resp)}")
+        return resp
+
+    async def _headers(self) -> dict[str, str]:
+        headers = {"x-domain-name": "default"}
+        if self._credentials is not None:
+            headers["authorization"] = f"Bearer {await self._login()}"
+        return headers
+
+    async def _login(self) -> str:
+        if self._token is None:
+            assert self._credentials is not None
+            name, password = self._credentials
+            body = {"name": name, "password": password}
+            resp = await self._send("POST", "/v4/token", {"x-domain-name": "default"}, body)
+            if resp.status >= 500:
+                raise RegistryUnavailable(f"POST /v4/token: {error_of(resp)}")
+            self._token = str(self._ok(resp)["token"])
+        return self._token
+
+    async def _send(
+        self, method: str, target: str, headers: Mapping[str, str], json_body: Any
+    ) -> Response:
+        """Send to the current endpoint, moving on to the next one on connection errors."""
+        failure: HTTPClientError | None = None
+        for _ in self._endpoints:
+            host, port = self._endpoints[self._current]
+            try:
+                return await request(
+                    method, host, port, target, headers=headers, json_body=json_body
+                )
+            except HTTPClientError as exc:
+                log.warning("Service Center %s:%s unreachable: %s", host, port, exc)
+                failure = exc
+                self._current = (self._current + 1) % len(self._endpoints)
+        raise RegistryUnavailable(f"no Service Center endpoint answered: {failure}") from failure
