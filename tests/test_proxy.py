@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 from typing import Any
 
 import httpx
@@ -9,6 +11,7 @@ import pytest
 import trio
 
 from tests.servers import Seen, Upstream, sidecar_config, start_sidecar
+from trimesh.observe.accesslog import AccessLog
 from trimesh.sidecar import Bound, Sidecar
 
 
@@ -360,3 +363,26 @@ async def test_max_connections_per_listener(nursery: trio.Nursery, upstream: Ups
     assert b"x-trimesh-error: overloaded" in out
     for s in held:
         await s.aclose()
+
+
+async def test_access_log_is_one_json_line_per_request(
+    nursery: trio.Nursery, upstream: Upstream
+) -> None:
+    sink = io.StringIO()
+    log = AccessLog(sink)
+    raw = sidecar_config(
+        registry=static(orders=[{"address": f"127.0.0.1:{upstream.port}"}]),
+    )
+    _, bound = await start_sidecar(nursery, raw, access_log=log)
+    async with client(bound) as c:
+        await c.post("http://orders/a", content=b"12345")
+        await c.get("http://missing/b")
+    log.flush()  # lines are written in batches; shutdown flushes like this
+    lines = [json.loads(line) for line in sink.getvalue().splitlines()]
+    assert [(e["method"], e["service"], e["status"], e["error"]) for e in lines] == [
+        ("POST", "orders", 200, None),
+        ("GET", None, 502, "service-not-found"),
+    ]
+    assert lines[0]["bytes_in"] == 5 and lines[0]["bytes_out"] > 0
+    assert lines[0]["upstream"] == f"127.0.0.1:{upstream.port}"
+    assert lines[0]["duration_ms"] >= 0

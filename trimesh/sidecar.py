@@ -119,6 +119,8 @@ class Sidecar:
                     root.start_soon(self._watch_signals, root.cancel_scope)
                 for pool in self.pools:
                     root.start_soon(pool.reaper)
+                if self.access_log.enabled:
+                    root.start_soon(self.access_log.flusher)
                 admin = await root.start(self._serve_admin, c.listen.admin)
                 async with trio.open_nursery() as handlers:
                     async with trio.open_nursery() as listeners:
@@ -153,6 +155,7 @@ class Sidecar:
                     handlers.cancel_scope.deadline = trio.current_time() + c.listen.drain_timeout
                 root.cancel_scope.cancel()
         finally:
+            self.access_log.flush()
             for pool in self.pools:
                 pool.close_all()
                 await pool.reap()
