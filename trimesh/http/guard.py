@@ -55,6 +55,9 @@ def vet_head(head: bytes | bytearray, limits: Limits) -> Framing:
         raise HeadersTooLarge(f"header block over {limits.max_header_bytes} bytes")
     if head.count(b"\n") != head.count(b"\r\n") or head.count(b"\r") != head.count(b"\r\n"):
         raise BadRequest("bare CR or LF in the header block")
+    if b"\n " in head or b"\n\t" in head:
+        # Before any field is read: a folded Transfer-Encoding is a fold (400), not a coding.
+        raise BadRequest("obsolete line folding in headers")
     lines = bytes(head[:-4]).split(b"\r\n")
     request_line = lines[0]
     if len(lines) - 1 > limits.max_headers:
@@ -64,8 +67,6 @@ def vet_head(head: bytes | bytearray, limits: Limits) -> Framing:
     length: int | None = None
     chunked = False
     for line in lines[1:]:
-        if line[:1] in (b" ", b"\t"):
-            raise BadRequest("obsolete line folding in headers")
         colon = line.find(b":")
         if colon <= 0:
             raise BadRequest("malformed header line")
@@ -83,7 +84,7 @@ def vet_head(head: bytes | bytearray, limits: Limits) -> Framing:
     if chunked and length is not None:
         raise BadRequest("both Content-Length and Transfer-Encoding")
     if chunked and before_11:
-        raise BadRequest("Transfer-Encoding on HTTP/1.0")
+        raise BadRequest("Transfer-Encoding on HTTP/1.0 or older")
     if chunked:
         return Framing(None, True)
     return Framing(length or 0, False)
@@ -118,7 +119,16 @@ class RequestGuard:
     complete, `pull` returns `None` until `next_message` is called.
     """
 
-    __slots__ = ("_body_seen", "_buf", "_framing", "_limits", "_remaining", "_state", "eof")
+    __slots__ = (
+        "_body_seen",
+        "_buf",
+        "_framing",
+        "_limits",
+        "_remaining",
+        "_skipped",
+        "_state",
+        "eof",
+    )
 
     def __init__(self, limits: Limits) -> None:
         self._limits = limits
@@ -126,6 +136,9 @@ class RequestGuard:
         self._state = _HEAD
         self._remaining = 0
         self._body_seen = 0
+        # Empty lines skipped before this head; counted across reads so the cap
+        # does not depend on how the bytes were split.
+        self._skipped = 0
         self._framing = NO_BODY
         self.eof = False
 
@@ -158,6 +171,7 @@ class RequestGuard:
     def next_message(self) -> None:
         """Start looking for the next request head (after a complete exchange)."""
         self._state = _HEAD
+        self._skipped = 0
 
     def take_rest(self) -> bytes:
         """Hand over every buffered byte (the connection becomes a tunnel)."""
@@ -177,10 +191,9 @@ class RequestGuard:
 
     def _pull_head(self) -> bytes | None:
         buf = self._buf
-        skipped = 0
-        while buf[:2] == b"\r\n" and skipped < MAX_LEADING_EMPTY_LINES:
+        while buf[:2] == b"\r\n" and self._skipped < MAX_LEADING_EMPTY_LINES:
             del buf[:2]
-            skipped += 1
+            self._skipped += 1
         end = buf.find(b"\r\n\r\n")
         if end < 0:
             self._check_partial_head()

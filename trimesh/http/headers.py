@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -28,6 +29,19 @@ HOP_BY_HOP = frozenset(
 )
 
 
+def items(headers: Sequence[tuple[bytes, bytes]]) -> Headers:
+    """A plain list of (lowercase name, value) pairs.
+
+    h11's `Headers` is a `Sequence` whose iteration goes through
+    `Sequence.__iter__` and `__getitem__` per item: a measurable share of the
+    hot path. Its backing list is read directly when it is there.
+    """
+    full = getattr(headers, "_full_items", None)
+    if full is not None:
+        return [(name, value) for _, name, value in full]
+    return list(headers)
+
+
 def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
     """Lowercased tokens of every Connection header."""
     tokens: set[bytes] = set()
@@ -38,19 +52,23 @@ def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes
 
 
 def end_to_end(
-    headers: Sequence[tuple[bytes, bytes]], *, keep_upgrade: bool = False
+    headers: Sequence[tuple[bytes, bytes]],
+    *,
+    keep_upgrade: bool = False,
+    drop: frozenset[bytes] = frozenset(),
 ) -> tuple[Headers, bytes | None]:
     """Drop hop-by-hop fields; return (kept headers, Content-Length value or None).
 
     `keep_upgrade` keeps `Upgrade` and a `Connection: upgrade` for a WebSocket
-    handshake that is being forwarded.
+    handshake that is being forwarded. Names in `drop` are removed too (the
+    caller sets them anew), so building a request's headers is one pass.
     """
     named = connection_tokens(headers)
     kept: Headers = []
     length: bytes | None = None
     upgrade: bytes | None = None
     for name, value in headers:
-        if name in HOP_BY_HOP or name in named:
+        if name in HOP_BY_HOP or name in named or name in drop:
             if name == b"content-length":
                 length = value
             elif name == b"upgrade":
@@ -105,6 +123,8 @@ def replace(headers: Headers, name: bytes, value: bytes) -> None:
 
 def cse_context(existing: bytes | None, source_service: str) -> bytes:
     """Mesher's `x-cse-context` JSON map, with `x-cse-src-microservice` set to us."""
+    if existing is None:
+        return _cse_context_default(source_service)
     context: dict[str, str] = {}
     if existing:
         try:
@@ -115,3 +135,8 @@ def cse_context(existing: bytes | None, source_service: str) -> bytes:
             context = {str(k): str(v) for k, v in parsed.items()}
     context["x-cse-src-microservice"] = source_service
     return json.dumps(context, separators=(",", ":")).encode()
+
+
+@lru_cache(maxsize=16)
+def _cse_context_default(source_service: str) -> bytes:
+    return json.dumps({"x-cse-src-microservice": source_service}, separators=(",", ":")).encode()

@@ -217,7 +217,7 @@ async def _body_event(conn: UpstreamConnection, cfg: ExchangeSettings) -> h11.Ev
 
 
 def _response_event(resp: h11.Response, via: bytes, *, close: bool) -> h11.Response:
-    kept, length = hh.end_to_end(resp.headers)
+    kept, length = hh.end_to_end(hh.items(resp.headers))
     if length is not None:
         kept.append((b"content-length", length))
     hh.append_list(kept, b"via", b"1.1 " + via)
@@ -237,9 +237,9 @@ async def _switch(
     rec: AccessRecord,
 ) -> bool:
     """The upstream accepted a WebSocket upgrade: validate, answer 101, tunnel."""
-    if not valid_websocket_switch(request.headers, event.headers):
+    if not valid_websocket_switch(hh.items(request.headers), hh.items(event.headers)):
         raise UpstreamProtocol("invalid 101 Switching Protocols for websocket")
-    kept, _ = hh.end_to_end(event.headers, keep_upgrade=True)
+    kept, _ = hh.end_to_end(hh.items(event.headers), keep_upgrade=True)
     hh.append_list(kept, b"via", b"1.1 " + cfg.via_token)
     switch = h11.InformationalResponse(status_code=101, headers=kept, reason=event.reason)
     rec.status = 101

@@ -29,8 +29,8 @@ class InboundRouter:
         self.via_token = via_token
         self.service = service
 
-    def app_port(self, request: h11.Request) -> int:
-        wanted = hh.get(request.headers, b"x-forwarded-port")
+    def app_port(self, received: hh.Headers) -> int:
+        wanted = hh.get(received, b"x-forwarded-port")
         if wanted is not None and wanted.isdigit() and int(wanted) in self.declared:
             return int(wanted)
         if self.default_port is None:
@@ -38,16 +38,17 @@ class InboundRouter:
         return self.default_port
 
     def plan(self, request: h11.Request, framing: Framing, peer: str, fixed: Target | None) -> Plan:
-        if hh.via_has(request.headers, self.via_token):
+        received = hh.items(request.headers)
+        if hh.via_has(received, self.via_token):
             raise LoopDetected("this request already passed this sidecar")
         path = request.target
         if not is_origin_form(path):
             path = parse_absolute(path).path
-        websocket = is_websocket_request(request.headers)
+        websocket = is_websocket_request(received)
         headers = forward_headers(
-            request, framing, websocket=websocket, peer=peer, via_token=self.via_token
+            received, framing, websocket=websocket, peer=peer, via_token=self.via_token
         )
-        port = self.app_port(request)
+        port = self.app_port(received)
         return Plan(
             endpoint=(self.host, port),
             target=path,

@@ -19,6 +19,10 @@ PROXY_HINT = (
 )
 
 
+# Request headers the outbound router sets anew rather than passing through.
+REPLACED = frozenset({b"host", b"x-forwarded-port", b"x-cse-context"})
+
+
 class OutboundRouter:
     """Resolves `http://<service>[:port]/path` through the instance cache."""
 
@@ -31,7 +35,8 @@ class OutboundRouter:
         self.source_service = source_service
 
     def plan(self, request: h11.Request, framing: Framing, peer: str, fixed: Target | None) -> Plan:
-        if hh.via_has(request.headers, self.via_token):
+        received = hh.items(request.headers)
+        if hh.via_has(received, self.via_token):
             raise LoopDetected("this request already passed this sidecar")
         if fixed is not None:
             path = request.target
@@ -49,17 +54,22 @@ class OutboundRouter:
         if not instances:
             raise NoInstance(f"service {service!r} has no instance that is UP")
         instance = self.balancer.pick(service, instances)
-        websocket = is_websocket_request(request.headers)
+        websocket = is_websocket_request(received)
         headers = forward_headers(
-            request, framing, websocket=websocket, peer=peer, via_token=self.via_token
+            received,
+            framing,
+            websocket=websocket,
+            peer=peer,
+            via_token=self.via_token,
+            drop=REPLACED,
         )
-        original_host = hh.get(request.headers, b"host")
-        hh.replace(headers, b"host", target.authority)
+        original_host = hh.get(received, b"host")
+        context = hh.cse_context(hh.get(received, b"x-cse-context"), self.source_service)
+        headers.append((b"host", target.authority))
         hh.set_default(headers, b"x-forwarded-host", original_host or target.authority)
         hh.set_default(headers, b"x-forwarded-proto", b"http")
-        hh.replace(headers, b"x-forwarded-port", b"%d" % target.effective_port)
-        context = hh.cse_context(hh.get(request.headers, b"x-cse-context"), self.source_service)
-        hh.replace(headers, b"x-cse-context", context)
+        headers.append((b"x-forwarded-port", b"%d" % target.effective_port))
+        headers.append((b"x-cse-context", context))
         return Plan(
             endpoint=instance.address,
             target=target.path,

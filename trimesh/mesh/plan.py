@@ -39,10 +39,16 @@ class Router(Protocol):
 
 
 def forward_headers(
-    request: h11.Request, framing: Framing, *, websocket: bool, peer: str, via_token: bytes
+    received: hh.Headers,
+    framing: Framing,
+    *,
+    websocket: bool,
+    peer: str,
+    via_token: bytes,
+    drop: frozenset[bytes] = frozenset(),
 ) -> hh.Headers:
     """End-to-end request headers plus regenerated framing, X-Forwarded-For and Via."""
-    kept, length = hh.end_to_end(request.headers, keep_upgrade=websocket)
+    kept, length = hh.end_to_end(received, keep_upgrade=websocket, drop=drop)
     if framing.chunked:
         kept.append((b"transfer-encoding", b"chunked"))
     elif length is not None:

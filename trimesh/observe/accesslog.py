@@ -53,7 +53,7 @@ class AccessLog:
             return cls(sys.stderr)
         if where == "stdout":
             return cls(sys.stdout)
-        return cls(open(where, "a"))  # noqa: SIM115 - lives as long as the process
+        return cls(open(where, "a"))
 
     @property
     def enabled(self) -> bool:
