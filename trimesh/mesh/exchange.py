@@ -53,6 +53,8 @@ class _Stale(Exception):
 class _BodyState:
     done: bool = False
     error: BaseException | None = None
+    # The response-head wait: its deadline starts when the body is fully sent.
+    head_scope: trio.CancelScope | None = None
 
 
 async def forward(
@@ -153,8 +155,15 @@ async def _up_event(conn: UpstreamConnection, *, first: bool = False) -> h11.Eve
         conn.h11.receive_data(data)
 
 
-async def _response_head(conn: UpstreamConnection, cfg: ExchangeSettings) -> h11.Event:
-    with trio.move_on_after(cfg.response_timeout) as scope:
+async def _response_head(
+    conn: UpstreamConnection, cfg: ExchangeSettings, state: _BodyState | None = None
+) -> h11.Event:
+    """The first response event, within `response_timeout` of the request being sent."""
+    with trio.CancelScope() as scope:
+        if state is None or state.done:
+            scope.deadline = trio.current_time() + cfg.response_timeout
+        else:
+            state.head_scope = scope
         return await _up_event(conn, first=True)
     assert scope.cancelled_caught
     raise UpstreamTimeout(f"no response within {cfg.response_timeout:g}s")
@@ -173,14 +182,14 @@ async def _relay(
 ) -> bool:
     """Stream the response to the client; True if both connections may be reused."""
     try:
-        event = await _response_head(conn, cfg)
+        event = await _response_head(conn, cfg, state)
     except _Stale:
         raise UpstreamProtocol("pooled connection closed by upstream") from None
     while isinstance(event, h11.InformationalResponse):
         if event.status_code == 101:
             return await _switch(down, conn, request, event, cfg, rec)
         await down.send(down.h11.send(event))
-        event = await _response_head(conn, cfg)
+        event = await _response_head(conn, cfg, state)
     if not isinstance(event, h11.Response):
         raise UpstreamProtocol(f"unexpected response event {event!r}")
     finished = body_done or (state is not None and state.done)
@@ -303,6 +312,8 @@ async def _pump_body(
                 return  # the relay sees the upstream's answer or its reset
             if isinstance(event, h11.EndOfMessage):
                 state.done = True
+                if state.head_scope is not None:
+                    state.head_scope.deadline = trio.current_time() + cfg.response_timeout
                 return
     except (ProxyError, DownstreamGone) as exc:
         state.error = exc
