@@ -1,0 +1,204 @@
+"""The bench scenarios, run in order; each returns a `ScenarioResult`.
+
+Extension point: append a `Scenario` to `SCENARIOS`. A scenario gets the
+`Rig` (the started servers, the load generator, the options) and returns its
+runs, ratios and headline `Figure`s; one that measures something other than
+HTTP load (e.g. the registry figure: time from a provider registering to a
+consumer's cache containing it) returns only `figures`, and may start its own
+processes with `rig.procs` (they are stopped when the bench ends).
+"""
+
+from __future__ import annotations
+
+import pstats
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import attrs
+
+from bench import sidecar
+from bench.load import Endpoint, LoadGenerator
+from bench.measure import Measured, measure_paths
+from bench.procs import Cores, Processes
+
+THROUGHPUT_TARGET_RPS = 2500.0  # through trimesh, 50 connections
+ADDED_P50_TARGET_MS = 0.4  # trimesh p50 minus direct p50, one connection
+RATIOS = [
+    ("trimesh", "direct"),
+    ("trimesh-log", "direct"),
+    ("nginx", "direct"),
+    ("trimesh", "nginx"),
+]
+_REPO = str(Path(__file__).resolve().parents[1]) + "/"
+
+
+@attrs.frozen
+class Figure:
+    """A headline number, with its target where the issue sets one."""
+
+    name: str
+    value: float
+    unit: str
+    target: str = ""
+    ok: bool | None = None
+
+
+@attrs.define
+class ScenarioResult:
+    name: str
+    title: str
+    runs: dict[str, Measured] = attrs.field(factory=dict)
+    figures: list[Figure] = attrs.field(factory=list)
+    notes: list[str] = attrs.field(factory=list)
+    text: str = ""  # printed verbatim after the tables (e.g. the profile)
+    extra: dict[str, object] = attrs.field(factory=dict)  # JSON only
+
+
+@attrs.define
+class Rig:
+    """Everything a scenario may use; built and torn down by `bench.__main__`."""
+
+    procs: Processes
+    cores: Cores
+    gen: LoadGenerator
+    endpoints: list[Endpoint]
+    upstream_port: int
+    duration: float
+    warmup: float
+    rounds: int
+    connections: int
+    profile: Path | None
+    profile_top: int
+    sidecars: dict[str, sidecar.Sidecar] = attrs.field(factory=dict)
+
+    def measure(self, connections: int, names: list[str] | None = None) -> dict[str, Measured]:
+        eps = [e for e in self.endpoints if names is None or e.name in names]
+        return measure_paths(self.gen, eps, connections, self.duration, self.warmup, self.rounds)
+
+
+@attrs.frozen
+class Scenario:
+    name: str
+    help: str
+    run: Callable[[Rig], ScenarioResult]
+    enabled: Callable[[Rig], bool] = lambda rig: True
+
+
+def throughput(rig: Rig) -> ScenarioResult:
+    n = rig.connections
+    res = ScenarioResult("throughput", f"{n} keep-alive connections, ~100-byte responses")
+    res.runs = rig.measure(n)
+    tm = res.runs["trimesh"]
+    res.figures.append(
+        Figure(
+            f"trimesh req/s at {n} connections",
+            tm.rps,
+            "req/s",
+            f">= {THROUGHPUT_TARGET_RPS:,.0f}",
+            tm.rps >= THROUGHPUT_TARGET_RPS,
+        )
+    )
+    if "trimesh-log" in res.runs:
+        res.figures.append(
+            Figure(
+                "trimesh req/s with the access log to a file", res.runs["trimesh-log"].rps, "req/s"
+            )
+        )
+    logged = rig.sidecars.get("trimesh-log")
+    if logged is not None:
+        res.notes.append(
+            f"trimesh-log wrote {logged.access_log_lines():,} access-log lines "
+            "so far (all scenarios)"
+        )
+    direct = res.runs["direct"].rps
+    if direct < 3 * tm.rps:
+        res.notes.append(
+            f"direct ran only {direct / tm.rps:.1f}x trimesh's rate: the load "
+            "generator or upstream may be limiting the trimesh figure"
+        )
+    return res
+
+
+def one_connection(rig: Rig) -> ScenarioResult:
+    res = ScenarioResult("one_connection", "1 keep-alive connection: latency added per request")
+    res.runs = rig.measure(1)
+    direct = res.runs["direct"].p50_ms
+    for name, target in [("trimesh", ADDED_P50_TARGET_MS), ("trimesh-log", None), ("nginx", None)]:
+        if name not in res.runs:
+            continue
+        added = res.runs[name].p50_ms - direct
+        res.figures.append(
+            Figure(
+                f"p50 added by {name} over direct (1 connection)",
+                added,
+                "ms",
+                f"< {target}" if target else "",
+                (added < target) if target else None,
+            )
+        )
+    return res
+
+
+def profile(rig: Rig) -> ScenarioResult:
+    """A separate sidecar under cProfile, loaded like `throughput`; not used for the ratios."""
+    assert rig.profile is not None
+    n = rig.connections
+    res = ScenarioResult(
+        "profile",
+        f"trimesh under cProfile, {n} connections "
+        "(slower than unprofiled; compare only functions' shares)",
+    )
+    sc = sidecar.start(
+        rig.procs, "trimesh-profiled", rig.upstream_port, rig.cores.proxy, profile=rig.profile
+    )
+    ep = Endpoint(
+        "trimesh-cProfile",
+        "trimesh under python -m cProfile",
+        sc.port,
+        f"http://{sidecar.SERVICE}/",
+        sidecar.SERVICE,
+        sc.proc.pid,
+    )
+    res.runs = measure_paths(rig.gen, [ep], n, rig.duration, rig.warmup, 1)
+    sc.stop(rig.procs)
+    stats = pstats.Stats(str(rig.profile))
+    res.text, res.extra["top"] = _top(stats, rig.profile_top)
+    res.notes.append(f"profile written to {rig.profile} (open with pstats or snakeviz)")
+    return res
+
+
+def _top(stats: pstats.Stats, count: int) -> tuple[str, list[dict[str, object]]]:
+    rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:count]  # type: ignore[attr-defined]
+    total = stats.total_tt  # type: ignore[attr-defined]
+    lines = [
+        f"top {count} functions by tottime (total {total:.2f} s):",
+        f"{'tottime':>8} {'%':>5} {'cumtime':>8} {'ncalls':>10}  function",
+    ]
+    table = []
+    for (file, line, func), (cc, nc, tt, ct, _) in rows:
+        where = f"{_short(file)}:{line}({func})"
+        calls = f"{nc}/{cc}" if nc != cc else str(nc)
+        lines.append(f"{tt:8.3f} {100 * tt / total:5.1f} {ct:8.3f} {calls:>10}  {where}")
+        table.append(
+            {"function": where, "ncalls": nc, "tottime": round(tt, 4), "cumtime": round(ct, 4)}
+        )
+    return "\n".join(lines), table
+
+
+def _short(file: str) -> str:
+    """A path relative to the repo or to the interpreter's library, for a narrow table."""
+    short = re.sub(r"^.*/(?:site-packages|lib/python3\.\d+)/", "", file)
+    return short.removeprefix(_REPO)
+
+
+SCENARIOS: list[Scenario] = [
+    Scenario("throughput", "req/s and p50/p99 at --connections (50)", throughput),
+    Scenario("one_connection", "p50 latency trimesh adds at 1 connection", one_connection),
+    Scenario(
+        "profile",
+        "cProfile of the sidecar under the throughput load (--profile)",
+        profile,
+        lambda rig: rig.profile is not None,
+    ),
+]
