@@ -19,7 +19,7 @@ def tests(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "trimesh", "tests", "fuzz", "noxfile.py")
+    session.run("ruff", "check", "trimesh", "tests", "fuzz", "bench", "noxfile.py")
     session.run("ruff", "format", "--check", "trimesh")
 
 

@@ -1,4 +1,4 @@
-"""`trimesh serve | check | version`: the console script.
+"""`trimesh serve | check | registry | version`: the console script.
 
 Exit codes: 0 success, 2 invalid configuration or usage, 1 runtime failure.
 """
@@ -17,6 +17,7 @@ import trio
 from trimesh import __version__
 from trimesh.config import Config, ConfigError, load, registry_url
 from trimesh.config.load import merge
+from trimesh.registry_cli import add_registry_commands, run_registry_command
 
 EXIT_CONFIG = 2
 
@@ -58,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
         "every problem by its key path.",
     )
     _config_flags(check, required=True)
+    add_registry_commands(sub)
     sub.add_parser("version", help="print the version", description="Print the version.")
     return parser
 
@@ -111,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check":
         print(f"{args.config}: ok")
         return 0
+    if args.command == "registry":
+        return run_registry_command(args, config)
     return _serve(config)
 
 

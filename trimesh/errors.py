@@ -78,6 +78,10 @@ class ServiceNotFound(ProxyError):
     kind = "service-not-found"
     status = 502
 
+    def __init__(self, detail: str = "", service: str | None = None) -> None:
+        super().__init__(detail)
+        self.service = service
+
 
 class UpstreamConnect(ProxyError):
     kind = "upstream-connect"
@@ -87,6 +91,13 @@ class UpstreamConnect(ProxyError):
 class UpstreamProtocol(ProxyError):
     kind = "upstream-protocol"
     status = 502
+
+
+class RegistryUnreachable(ProxyError):
+    """The registry could not answer for a service we had never looked up."""
+
+    kind = "registry-unavailable"
+    status = 503
 
 
 class NoInstance(ProxyError):

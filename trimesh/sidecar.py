@@ -24,6 +24,9 @@ import trio
 from trimesh.admin import AdminRoutes, serve_admin, version_body
 from trimesh.config.model import Address, Config
 from trimesh.discovery.cache import InstanceCache
+from trimesh.discovery.factory import build_registry, registration_for
+from trimesh.discovery.health import health_loop, health_target
+from trimesh.discovery.session import Discovery
 from trimesh.discovery.static import StaticRegistry
 from trimesh.http.pool import UpstreamPool
 from trimesh.mesh.connection import Drain, ListenerContext, serve_connection
@@ -34,6 +37,8 @@ from trimesh.mesh.plan import Router
 from trimesh.observe.accesslog import AccessLog
 
 log = logging.getLogger("trimesh.sidecar")
+# How long graceful shutdown waits for the registry to drop our instance.
+DEREGISTER_TIMEOUT = 5.0
 _OVERLOADED_BODY = b"trimesh: overloaded: too many connections on this listener\n"
 _OVERLOADED = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
@@ -58,9 +63,11 @@ class Sidecar:
         self.config = config
         self.instance_token = secrets.token_hex(4)
         self.cache = InstanceCache()
-        self.registry = StaticRegistry(config.registry.services, config.service.app)
-        for name in config.registry.services:
-            self.cache.update(name, self.registry.snapshot(name))
+        self.registry = build_registry(config.registry, app=config.service.app)
+        if isinstance(self.registry, StaticRegistry):
+            for name in config.registry.services:
+                self.cache.update(name, self.registry.snapshot(name))
+        self.discovery = Discovery(self.registry, self.cache, None, app=config.service.app)
         self.access_log = access_log or AccessLog.open(config.observe.access_log)
         up = config.upstream
         self.pools = [
@@ -99,6 +106,7 @@ class Sidecar:
             access_log=self.access_log,
             drain=self.drain,
             cache=self.cache if outbound else None,
+            discovery=self.discovery if outbound else None,
         )
 
     async def run(
@@ -121,6 +129,7 @@ class Sidecar:
                     root.start_soon(pool.reaper)
                 if self.access_log.enabled:
                     root.start_soon(self.access_log.flusher)
+                await root.start(self.discovery.run)
                 admin = await root.start(self._serve_admin, c.listen.admin)
                 async with trio.open_nursery() as handlers:
                     async with trio.open_nursery() as listeners:
@@ -137,6 +146,10 @@ class Sidecar:
                             self._context(inbound, self.pools[1], False),
                         )
                         self.bound = Bound(out_addr, in_addr, admin)
+                        self.discovery.register_self(registration_for(c, in_addr))
+                        target = health_target(c.app)
+                        if c.app.health is not None and target is not None:
+                            root.start_soon(health_loop, c.app.health, *target, self.discovery)
                         log.info(
                             "trimesh %s: outbound %s:%d, inbound %s:%d, admin %s:%d",
                             c.service.name,
@@ -146,6 +159,8 @@ class Sidecar:
                         )
                         task_status.started(self.bound)
                         await self._stop.wait()
+                        with trio.move_on_after(DEREGISTER_TIMEOUT):
+                            await self.discovery.deregister()
                         listeners.cancel_scope.cancel()
                     log.info(
                         "draining: listeners closed, %d s for in-flight requests",
@@ -159,6 +174,8 @@ class Sidecar:
             for pool in self.pools:
                 pool.close_all()
                 await pool.reap()
+            with trio.move_on_after(2, shield=True):
+                await self.registry.aclose()
         log.info("stopped")
 
     async def _serve(
@@ -205,15 +222,22 @@ class Sidecar:
         routes.add("/ready", self._ready)
         routes.add("/v1/mesher/health", self._mesher_health)
         routes.add("/v1/mesher/version", lambda: (200, version_body()))
+        routes.add("/v1/registry", lambda: (200, self.discovery.state()))
         return routes
 
     def _ready(self) -> tuple[int, object]:
-        ready = self.bound is not None and not self.drain.draining
-        body = {
+        """Ready = listeners bound, registered (others can find us), not draining."""
+        registered = self.discovery.registered
+        ready = self.bound is not None and registered and not self.drain.draining
+        body: dict[str, object] = {
             "ready": ready,
             "listeners": attrs.asdict(self.bound) if self.bound else None,
+            "registered": registered,
+            "registry": self.config.registry.type,
             "draining": self.drain.draining,
         }
+        if self.discovery.last_error and not registered:
+            body["error"] = self.discovery.last_error
         return (200 if ready else 503), body
 
     def _mesher_health(self) -> tuple[int, object]:

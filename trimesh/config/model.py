@@ -98,7 +98,7 @@ class StaticInstance:
 
 @attrs.frozen
 class RegistryConfig:
-    type: RegistryType = "static"
+    type: RegistryType = "local"
     services: Mapping[str, tuple[StaticInstance, ...]] = attrs.field(factory=dict)
     path: Path | None = None
     endpoints: tuple[Address, ...] = ()

@@ -181,8 +181,10 @@ class Discovery:
                     log.warning("registry: %s; registering again", exc)
                     self.registered = False
                     expired_in_a_row += 1
-                    # Once at once; a backend that keeps saying so gets backoff, not a spin.
+                    # At once the first time; a backend that keeps saying so gets backoff.
                     delay = 0.0 if expired_in_a_row == 1 else backoff.delay()
+                except trio.ClosedResourceError:
+                    return  # the registry's owner closed it: the session is over
                 except Exception as exc:
                     delay = backoff.delay()
                     self._failed("keep registered", exc, delay)
@@ -228,7 +230,7 @@ class Discovery:
             log.warning("registry: %s; registering again", exc)
             self.registered = False
             self._wake.set()
-        except RegistryError as exc:
+        except (RegistryError, trio.ClosedResourceError) as exc:
             self._failed(f"set status {status}", exc, None)
 
     async def deregister(self) -> None:
@@ -244,7 +246,7 @@ class Discovery:
                 return
             try:
                 await self.registry.deregister(self.instance_id)
-            except RegistryError as exc:
+            except (RegistryError, trio.ClosedResourceError) as exc:
                 self._failed("deregister", exc, None)
             else:
                 log.info("registry: deregistered %s", self.instance_id)
@@ -253,7 +255,7 @@ class Discovery:
     def _failed(self, what: str, exc: Exception, retry_in: float | None) -> None:
         self.last_error = f"{what}: {exc}"
         retry = "" if retry_in is None else f"; retrying in {retry_in:.1f} s"
-        if isinstance(exc, RegistryError):
+        if isinstance(exc, RegistryError | trio.ClosedResourceError):
             log.warning("registry: %s failed: %s%s", what, exc, retry)
         else:
             # Not in the registry taxonomy: a bug, logged with its traceback.
@@ -288,6 +290,8 @@ class Discovery:
             try:
                 await self.registry.watch(key, on_change)
                 exc: Exception = RegistryError("watch returned")
+            except trio.ClosedResourceError:
+                return  # the registry's owner closed it: the session is over
             except Exception as error:
                 exc = error
             delay = backoff.delay()

@@ -129,8 +129,8 @@ def cse_context(existing: bytes | None, source_service: str) -> bytes:
     if existing:
         try:
             parsed = json.loads(existing)
-        except ValueError:
-            parsed = None
+        except (ValueError, RecursionError):
+            parsed = None  # not a JSON map we can extend: replace it
         if isinstance(parsed, dict):
             context = {str(k): str(v) for k, v in parsed.items()}
     context["x-cse-src-microservice"] = source_service

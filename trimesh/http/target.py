@@ -13,7 +13,7 @@ import attrs
 from trimesh.errors import BadRequest
 
 # A registry service name or DNS-ish host; no userinfo, no IP-literal brackets here.
-_HOST = re.compile(rb"^[A-Za-z0-9._~-]{1,253}$")
+_HOST = re.compile(rb"[A-Za-z0-9._~-]{1,253}")
 _SCHEMES = {b"http": 80, b"ws": 80}
 
 
@@ -66,7 +66,7 @@ def parse_authority(authority: bytes, *, allow_no_port: bool = False) -> tuple[s
     host, sep, port_text = authority.rpartition(b":")
     if not sep:
         host, port_text = authority, b""
-    if not _HOST.match(host):
+    if not _HOST.fullmatch(host):
         raise BadRequest("bad host in the request target")
     if not port_text:
         if sep or not allow_no_port:

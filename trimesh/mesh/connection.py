@@ -16,13 +16,17 @@ import h11
 import trio
 
 from trimesh.config.model import Limits
+from trimesh.discovery.base import RegistryError
 from trimesh.discovery.cache import InstanceCache
+from trimesh.discovery.session import Discovery
 from trimesh.errors import (
     BadRequest,
     DownstreamGone,
     MethodNotAllowed,
     ProxyError,
+    RegistryUnreachable,
     RequestTimeout,
+    ServiceNotFound,
     rescue,
 )
 from trimesh.http.downstream import Downstream
@@ -77,6 +81,7 @@ class ListenerContext:
     access_log: AccessLog
     drain: Drain
     cache: InstanceCache | None = None  # outbound only: CONNECT checks known services
+    discovery: Discovery | None = None  # outbound only: first use of a service name
 
 
 async def serve_connection(stream: trio.SocketStream, ctx: ListenerContext) -> None:
@@ -187,7 +192,13 @@ async def _one_request(
             down.request_scope = scope
             if down.gone:
                 scope.cancel()
-            plan = ctx.router.plan(request, down.guard.framing, down.peer, fixed)
+            try:
+                plan = ctx.router.plan(request, down.guard.framing, down.peer, fixed)
+            except ServiceNotFound as missing:
+                # First use of a name: ask the registry once, then plan again.
+                if not await _resolve_first_use(ctx, missing.service):
+                    raise
+                plan = ctx.router.plan(request, down.guard.framing, down.peer, fixed)
             rec.service, rec.instance = plan.service, plan.instance
             return await forward(down, request, plan, ctx.pool, ctx.exchange, rec)
         rec.error = "downstream-disconnect"
@@ -201,6 +212,22 @@ async def _one_request(
     finally:
         down.request_scope = None
         ctx.access_log.write(rec)
+
+
+async def _resolve_first_use(ctx: ListenerContext, service: str | None) -> bool:
+    """Load a service the cache has never seen from the registry; True if it now has one.
+
+    Only misses pay for this: the request path reads the cache alone once a
+    service is known (the watcher `resolve` starts keeps it current).
+    """
+    if ctx.discovery is None or ctx.cache is None or service is None:
+        return False
+    try:
+        with trio.fail_after(ctx.exchange.connect_timeout):
+            await ctx.discovery.resolve(service)
+    except (RegistryError, trio.TooSlowError) as exc:
+        raise RegistryUnreachable(f"looking up {service!r}: {str(exc) or 'timed out'}") from exc
+    return ctx.cache.lookup(service) is not None
 
 
 async def _connect(
@@ -222,7 +249,10 @@ async def _connect(
             host, port = parse_authority(request.target)
         except BadRequest as exc:
             raise MethodNotAllowed("CONNECT needs <service-name>:<port>") from exc
-        if ctx.cache is None or fixed is not None or ctx.cache.lookup(host) is None:
+        known = ctx.cache is not None and (
+            ctx.cache.lookup(host) is not None or await _resolve_first_use(ctx, host)
+        )
+        if not known or fixed is not None:
             raise MethodNotAllowed(
                 "CONNECT is only supported to a known service name (no egress tunnelling)"
             )

@@ -50,7 +50,7 @@ class OutboundRouter:
         service = target.host
         instances = self.cache.lookup(service)
         if instances is None:
-            raise ServiceNotFound(f"no service named {service!r} in the registry")
+            raise ServiceNotFound(f"no service named {service!r} in the registry", service)
         if not instances:
             raise NoInstance(f"service {service!r} has no instance that is UP")
         instance = self.balancer.pick(service, instances)
