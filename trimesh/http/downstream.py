@@ -134,6 +134,7 @@ class Downstream:
             await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self.gone = True
+            self.h11.send_failed()
             raise DownstreamGone(str(exc)) from exc
 
     async def receive_raw(self) -> bytes:

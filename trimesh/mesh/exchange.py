@@ -123,6 +123,7 @@ async def _start(
     try:
         await conn.stream.send_all(data)
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        conn.h11.send_failed()
         raise _Stale() from exc
 
 
@@ -309,6 +310,7 @@ async def _pump_body(
             try:
                 await conn.stream.send_all(conn.h11.send(event))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
+                conn.h11.send_failed()
                 return  # the relay sees the upstream's answer or its reset
             if isinstance(event, h11.EndOfMessage):
                 state.done = True
