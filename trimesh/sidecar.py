@@ -227,7 +227,7 @@ class Sidecar:
 
     def _ready(self) -> tuple[int, object]:
         """Ready = listeners bound, registered (others can find us), not draining."""
-        registered = self.discovery.registered
+        registered = self.discovery.lease_current
         ready = self.bound is not None and registered and not self.drain.draining
         body: dict[str, object] = {
             "ready": ready,

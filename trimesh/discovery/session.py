@@ -127,6 +127,17 @@ class Discovery:
         self._resolving: dict[str, trio.Event] = {}
         self._misses: dict[str, float] = {}
 
+    @property
+    def lease_current(self) -> bool:
+        """Registered, and the last successful register/heartbeat is younger than the lease.
+
+        `registered` alone stays true through a registry outage (we keep
+        trying); this says whether the registry can still be listing us.
+        """
+        if not self.registered or self._me is None or self._last_heartbeat is None:
+            return False
+        return trio.current_time() - self._last_heartbeat < self._me.lease_ttl
+
     def __repr__(self) -> str:
         me = f"{self._me.service}@{self._me.endpoint}" if self._me else "consumer-only"
         state = "registered" if self.registered else "unregistered"

@@ -85,8 +85,8 @@ class Downstream:
         destroy the error response the client has not read yet (nginx's
         lingering_close solves the same problem).
         """
-        if self.gone:
-            return
+        if self.gone or self.guard.at_message_start:
+            return  # nothing unread: a plain close sends no RST
         self.discard = True
         self.guard.take_rest()
         with trio.move_on_after(seconds):
