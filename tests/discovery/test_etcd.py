@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 from hypothesis import given
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 from tests.etcd_server import EtcdServer, free_ports
 from trimesh.discovery import Instance, LeaseExpired, Registration, RegistryUnavailable, ServiceKey
 from trimesh.discovery._etcd_api import JsonLines, b64, prefix_end
-from trimesh.discovery.etcd import EtcdRegistry, WatchView, _cancel_outcome
+from trimesh.discovery.etcd import EtcdRegistry, WatchView, _cancel_outcome, service_names
 
 GUARD = 15.0  # fail_after guard for anything that waits on etcd
 
@@ -115,6 +116,33 @@ async def test_register_then_instances(registry: EtcdRegistry) -> None:
     await registry.deregister(first)
     await registry.deregister(first)  # missing is not an error
     assert ports(await registry.instances(ServiceKey("orders"))) == [8081]
+
+
+async def test_services_lists_names_with_instances(registry: EtcdRegistry) -> None:
+    assert await registry.services("default") == []
+    await registry.register(me(8080))
+    await registry.register(me(8081))
+    await registry.register(me(9000, service="orders-v2"))
+    await registry.register(me(9001, service="a/b c%"))  # quoted in the key, not in the list
+    gone = await registry.register(me(9002, service="gone"))
+    await registry.deregister(gone)
+    await registry.register(attrs.evolve(me(9003, service="carts"), app="shop/eu"))
+    assert await registry.services("default") == ["a/b c%", "orders", "orders-v2"]
+    assert await registry.services("shop/eu") == ["carts"]
+    assert await registry.services("shop") == []
+
+
+def test_service_names_skips_keys_of_other_shapes() -> None:
+    keys = [
+        b"/p/registry/app/orders/i1",
+        b"/p/registry/app/orders/i2",
+        b"/p/registry/app/caf%C3%A9/i3",
+        b"/p/registry/app/stray",  # no instance id
+        b"/p/registry/app/empty/",  # no instance id
+        b"/p/registry/app//i4",  # no service
+        b"/p/registry/other/users/i5",  # another app
+    ]
+    assert service_names(b"/p/registry/app/", keys) == ["café", "orders"]
 
 
 async def test_lease_expiry_removes_key_unless_heartbeating(registry: EtcdRegistry) -> None:

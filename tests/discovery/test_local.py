@@ -150,6 +150,25 @@ async def test_deregister_removes_and_tolerates_missing(registry: LocalRegistry)
         await registry.heartbeat(instance_id)
 
 
+async def test_services_lists_live_services_of_the_app(
+    registry: LocalRegistry, other: LocalRegistry, clock: FakeClock
+) -> None:
+    assert await registry.services("default") == []
+    await registry.register(orders(port=8080))
+    await other.register(orders(port=8081))
+    users = await other.register(attrs.evolve(orders(), service="users"))
+    await registry.set_status(users, "DOWN")  # DOWN is still live
+    await registry.register(attrs.evolve(orders(), service="billing", lease_ttl=10.0))
+    gone = await registry.register(attrs.evolve(orders(), service="gone"))
+    await registry.deregister(gone)
+    await registry.register(attrs.evolve(orders(), app="shop", service="carts"))
+    assert await registry.services("default") == ["billing", "orders", "users"]
+    clock.now += 10  # billing's only lease runs out
+    assert await other.services("default") == ["orders", "users"]
+    assert await registry.services("shop") == ["carts"]
+    assert await registry.services("nobody") == []
+
+
 async def test_two_registries_on_one_file_see_each_other(
     registry: LocalRegistry, other: LocalRegistry
 ) -> None:

@@ -16,10 +16,13 @@ from pathlib import Path
 import pytest
 import trio
 
+from trimesh import registry_cli
 from trimesh.config import Config, load, registry_url
 from trimesh.discovery.base import Registration
 from trimesh.discovery.local import LocalRegistry
+from trimesh.discovery.static import StaticRegistry
 from trimesh.registry_cli import (
+    COLUMNS,
     UsageError,
     add_registry_commands,
     run_registry_command,
@@ -114,11 +117,32 @@ def test_list_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     }
 
 
-def test_list_everything_needs_a_backend_that_enumerates(
+def test_list_without_service_lists_every_live_local_service(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    path = tmp_path / "registry.db"
+    carts = Registration("carts", "127.0.0.1", 7070, app="shop")
+    a, b, u, _ = seed(path, ORDERS_A, ORDERS_B, USERS, carts, down=[1])
+    assert run("registry", "list", "--registry", f"local://{path}", "--json") == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(i["service"], i["instance_id"], i["status"]) for i in listed] == [
+        ("orders", a, "UP"),
+        ("orders", b, "DOWN"),
+        ("users", u, "UP"),
+    ]
+    assert run("registry", "list", "--registry", f"local://{path}", "--app", "shop") == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert (header.split(), row.split()[:2]) == (list(COLUMNS), ["carts", "0.0.1"])
+    assert run("registry", "list", "--registry", f"local://{tmp_path / 'empty.db'}") == 0
+    assert capsys.readouterr().out.split() == list(COLUMNS)
+
+
+def test_list_everything_needs_a_backend_that_enumerates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registry_cli, "build_registry", lambda cfg, app: StaticRegistry({}, app))
     assert run("registry", "list", "--registry", f"local://{tmp_path / 'r.db'}") == 2
-    assert "LocalRegistry cannot list its services; name them with --service NAME" in (
+    assert "StaticRegistry cannot list its services; name them with --service NAME" in (
         capsys.readouterr().err
     )
 
@@ -156,9 +180,8 @@ async def test_service_names_uses_a_backend_services_method(tmp_path: Path) -> N
     async with Enumerating(tmp_path / "r.db") as registry:
         assert await service_names(registry, "shop", ()) == ["orders", "users"]
         assert await service_names(registry, "shop", ["b", "a", "b"]) == ["a", "b"]
-    async with LocalRegistry(tmp_path / "r.db") as plain:
-        with pytest.raises(UsageError, match="--service NAME"):
-            await service_names(plain, "shop", ())
+    with pytest.raises(UsageError, match="--service NAME"):
+        await service_names(StaticRegistry({}, "shop"), "shop", ())
 
 
 class Lines(io.StringIO):

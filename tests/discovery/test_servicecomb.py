@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -10,7 +11,7 @@ import attrs
 import pytest
 import trio
 
-from tests.sc_double import ServiceCenterDouble
+from tests.sc_double import Seen, ServiceCenterDouble
 from trimesh.discovery import servicecomb
 from trimesh.discovery.base import (
     Instance,
@@ -285,6 +286,71 @@ async def test_find_after_service_center_lost_the_consumer(sc: SC) -> None:
     assert len(await consumer.instances(ORDERS)) == 1
     anonymous = sc.seen("GET", "/registry/instances")[-1]
     assert anonymous.status == 200 and "x-consumerid" not in anonymous.headers
+
+
+# -- services --------------------------------------------------------------------
+
+
+class ListingDouble(ServiceCenterDouble):
+    """The double plus ListService, ``GET /v4/{project}/registry/microservices``.
+
+    Service Center answers ``{"services": [MicroService, ...]}``: every
+    micro-service of the project, with or without instances, empty fields
+    omitted; it has no appId filter, so clients filter.
+    """
+
+    def _route(self, seen: Seen, body: bytes, headers: list[tuple[str, str]]) -> Any:
+        match = re.fullmatch(r"/v4/([^/]+)/registry/microservices", seen.path)
+        if seen.method != "GET" or match is None:
+            return super()._route(seen, body, headers)
+        self._authorize(seen.headers)
+        listed = [
+            {
+                "serviceId": s.service_id,
+                "appId": s.app,
+                "serviceName": s.name,
+                "version": s.version,
+                **({"environment": s.env} if s.env else {}),
+                "status": "UP",
+            }
+            for s in self.services.values()
+            if s.project == match[1]
+        ]
+        return {"services": listed} if listed else {}
+
+
+async def test_services_lists_names_with_instances(nursery: trio.Nursery, clock: FakeClock) -> None:
+    double = ListingDouble(clock=clock)
+    sc = SC(double, await nursery.start(double.serve))
+    provider, consumer = sc.registry(), sc.registry()
+    assert await consumer.services("default") == []
+    await provider.register(orders())
+    await provider.register(orders(port=8081, version="2.0.0"))  # a second micro-service
+    await provider.register(orders(service="users", app="shop"))
+    await sc.registry().register(orders(service="prod-only", environment="production"))
+    gone = await provider.register(orders(service="gone"))
+    await provider.deregister(gone)  # Service Center keeps the micro-service
+    client = await provider.register(orders(service="client-only"))
+    await provider.deregister(client)
+    client_id, _ = split_id(client)
+    path = f"/v4/default/registry/microservices/{client_id}/instances"
+    without_endpoints = {"instance": {"hostName": "box", "endpoints": []}}
+    assert (await sc.call("POST", path, json_body=without_endpoints)).status == 200
+    consumer_id, _ = split_id(await consumer.register(web()))
+
+    assert await consumer.services("default") == ["orders", "web"]
+    assert await consumer.services("shop") == ["users"]
+    assert await consumer.services("nobody") == []
+    # Names are checked anonymously: listing records no dependency of ours.
+    assert consumer_id not in double.dependencies
+    assert await sc.registry().services("default") == ["orders", "web"]
+
+
+async def test_services_refused_is_a_service_center_error(sc: SC) -> None:
+    # The plain double has no ListService route: it answers 404, as a proxy might.
+    with pytest.raises(ServiceCenterError) as caught:
+        await sc.registry().services("default")
+    assert caught.value.status == 404
 
 
 # -- watch -----------------------------------------------------------------------

@@ -5,7 +5,8 @@ whose value is a JSON document of the instance and which is attached to a
 lease of `Registration.lease_ttl` seconds. A heartbeat renews the lease; when
 the lease runs out etcd deletes the key, so dead sidecars vanish on their own.
 Discovery is a range read of the service's key prefix followed by a watch
-stream that resumes from the last seen revision.
+stream that resumes from the last seen revision; `services` is a keys-only
+range read of the app's prefix.
 
 Error handling: transport failures and etcd refusals raise
 `RegistryUnavailable`; an expired or revoked lease raises `LeaseExpired`.
@@ -20,9 +21,9 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import attrs
 
@@ -138,6 +139,19 @@ class EtcdRegistry:
         """Every instance of `key` as one consistent range read."""
         return (await self._list(self._service_prefix(key))).snapshot()
 
+    async def services(self, app: str) -> Sequence[str]:
+        """The names of `app`'s services that have at least one instance key, sorted.
+
+        One keys-only range read; a key exists only while its lease lives.
+        """
+        prefix = self._app_prefix(app)
+        answer = await self._api.call(
+            "/v3/kv/range",
+            {"key": b64(prefix), "range_end": b64(prefix_end(prefix)), "keys_only": True},
+        )
+        keys = (unb64(kv.get("key", "")) for kv in answer.get("kvs", []))
+        return service_names(prefix, keys)
+
     async def watch(self, key: ServiceKey, on_change: OnChange) -> None:
         """List `key`, report it, then report every change until cancelled.
 
@@ -245,10 +259,12 @@ class EtcdRegistry:
         except KeyError:
             raise LeaseExpired(f"{instance_id} is not registered here") from None
 
+    def _app_prefix(self, app: str) -> bytes:
+        # Quoting keeps a "/" in a name from reaching into another app's or service's keys.
+        return f"{self._prefix}/registry/{quote(app, safe='')}/".encode()
+
     def _service_prefix(self, key: ServiceKey) -> bytes:
-        # Quoting keeps a "/" in a name from reaching into another service's keys.
-        app, name = quote(key.app, safe=""), quote(key.name, safe="")
-        return f"{self._prefix}/registry/{app}/{name}/".encode()
+        return self._app_prefix(key.app) + f"{quote(key.name, safe='')}/".encode()
 
     def _instance_key(self, key: ServiceKey, instance_id: str) -> bytes:
         return self._service_prefix(key) + instance_id.encode()
@@ -287,6 +303,20 @@ class WatchView:
             # A progress notification: every event up to this revision was sent.
             self.revision = max(self.revision, _revision(result))
         return bool(events)
+
+
+def service_names(app_prefix: bytes, keys: Iterable[bytes]) -> list[str]:
+    """The distinct service names in instance keys under `app_prefix`, unquoted and sorted.
+
+    A key is ``<app_prefix><quoted service>/<instance id>``; keys of any other
+    shape are not ours and are skipped.
+    """
+    names = set()
+    for key in keys:
+        quoted, sep, instance_id = key.removeprefix(app_prefix).partition(b"/")
+        if key.startswith(app_prefix) and quoted and sep and instance_id:
+            names.add(unquote(quoted.decode("utf-8", "replace")))
+    return sorted(names)
 
 
 def _revision(answer: JsonObject) -> int:

@@ -160,6 +160,10 @@ class LocalRegistry:
         snapshot = await self._call(self._read, key)
         return snapshot.instances
 
+    async def services(self, app: str) -> Sequence[str]:
+        """The names of `app`'s services that have at least one live instance, sorted."""
+        return await self._call(self._services, app)
+
     async def watch(self, key: ServiceKey, on_change: OnChange) -> None:
         """Call `on_change` with the current instances, then on every change of them.
 
@@ -309,6 +313,15 @@ class LocalRegistry:
             ).rowcount
             if deleted:
                 conn.execute(_BUMP)
+
+    def _services(self, conn: sqlite3.Connection, app: str) -> list[str]:
+        # Live means unexpired, UP or DOWN: the same rows `instances` shows.
+        rows = conn.execute(
+            "SELECT DISTINCT service FROM instances WHERE app = ? AND expires_at > ?"
+            " ORDER BY service",
+            (app, self._clock()),
+        ).fetchall()
+        return [str(row["service"]) for row in rows]
 
     def _read_if_stale(
         self, conn: sqlite3.Connection, key: ServiceKey, shown: _Snapshot

@@ -3,7 +3,8 @@
 This is the registry ServiceComb Mesher itself uses. `register` creates-or-gets
 the micro-service (app/name/version/env) and registers one instance with a
 ``push`` health check; `instances` finds providers with ``rev=`` caching (304
-means unchanged); `watch` follows the consumer's websocket.
+means unchanged); `watch` follows the consumer's websocket; `services` lists
+the micro-services and keeps the names that have instances.
 
 Service Center behaviour this relies on (apache/servicecomb-service-center,
 error codes from go-chassis/cari ``discovery/error.go``):
@@ -294,6 +295,27 @@ class ServiceCombRegistry:
     async def instances(self, key: ServiceKey) -> Sequence[Instance]:
         return list(await self._find(key))
 
+    async def services(self, app: str) -> Sequence[str]:
+        """The names of `app`'s services that have an instance `instances` would return, sorted.
+
+        Service Center keeps a micro-service after its last instance is gone,
+        so the list of micro-services (ours: in our environment) is only the
+        candidates; each name is then found anonymously, which records no
+        dependency for our consumer.
+        """
+        listed = self._ok(await self._call("GET", "/microservices")).get("services") or []
+        names = sorted(
+            {
+                str(service["serviceName"])
+                for service in listed
+                if isinstance(service, dict)
+                and service.get("serviceName")
+                and service.get("appId") == app
+                and service.get("environment", "") == self._environment
+            }
+        )
+        return [name for name in names if await self._has_instances(ServiceKey(name, app))]
+
     async def watch(self, key: ServiceKey, on_change: OnChange) -> None:
         watch = _Watch(key, on_change)
         while self._consumer_id is None:
@@ -362,6 +384,15 @@ class ServiceCombRegistry:
         if rev:
             self._found[key] = (rev, instances)
         return instances
+
+    async def _has_instances(self, key: ServiceKey) -> bool:
+        query = {"appId": key.app, "serviceName": key.name, "version": "0+"}
+        query["env"] = self._environment
+        resp = await self._call("GET", f"/instances?{urlencode(query)}")
+        if resp.status == 400 and error_of(resp).code == SERVICE_MISSING:
+            return False  # deleted since it was listed
+        data = self._ok(resp).get("instances") or []
+        return any(instance_from_json(d, key, self._environment) is not None for d in data)
 
     async def _watch_socket(self, watch: _Watch, consumer_id: str) -> None:
         """Follow the consumer's watcher websocket; ends only by raising `RegistryUnavailable`.
