@@ -424,6 +424,21 @@ async def test_watch_polls_with_revision_while_unregistered(
     assert len(watcher.snapshots) == 2  # the 304 polls in between changed nothing
 
 
+async def test_watch_sees_a_provider_that_did_not_exist_at_the_first_find(
+    sc: SC, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Service Center pushes events only for providers the consumer has found, so
+    # a service registered after the watch started is caught by the periodic find.
+    monkeypatch.setattr(servicecomb, "POLL_INTERVAL", 0.05)
+    provider, consumer, watcher = sc.registry(), sc.registry(), Watcher()
+    await consumer.register(web())
+    with trio.fail_after(TIMEOUT):
+        nursery.start_soon(consumer.watch, ORDERS, watcher)
+        await watcher.wait_for(lambda s: s == [])
+        first = await provider.register(orders())
+        await watcher.wait_for(lambda s: [i.instance_id for i in s] == [first])
+
+
 async def test_watch_refused_for_an_unknown_consumer(sc: SC) -> None:
     consumer = sc.registry()
     consumer_id, _ = split_id(await consumer.register(web()))

@@ -65,6 +65,11 @@ log = logging.getLogger(__name__)
 
 # Watch falls back to polling (rev-cached, so mostly 304s) until we have registered.
 POLL_INTERVAL = 5.0
+# While watching, find again this often (a 304 when nothing changed). Service
+# Center only pushes events for providers the consumer has found, so a
+# service that did not exist at the first find is only ever seen this way;
+# go-chassis keeps a periodic pull beside its watch for the same reason.
+RESYNC_INTERVAL = 30.0
 
 INVALID_PARAMS = "400001"
 SERVICE_EXISTS = "400010"
@@ -431,9 +436,14 @@ class ServiceCombRegistry:
         # Find only after subscribing, so no event falls between the two.
         watch.reset(await self._find(watch.key))
         while True:
-            if not watch.apply(await ws.get_message(), self._environment):
-                watch.reset(await self._find(watch.key))
-            watch.publish()
+            every = POLL_INTERVAL if not watch.current else RESYNC_INTERVAL
+            with trio.move_on_after(every):
+                message = await ws.get_message()
+                if not watch.apply(message, self._environment):
+                    watch.reset(await self._find(watch.key))
+                watch.publish()
+                continue
+            watch.reset(await self._find(watch.key))
 
     def _check(self, resp: Response, instance_id: str) -> None:
         if resp.status == 200:
