@@ -1,14 +1,16 @@
 """The request-acceptance layer: vets raw request bytes before h11 sees them.
 
 h11 accepts things a proxy must not pass on (both Content-Length and
-Transfer-Encoding, Transfer-Encoding on HTTP/1.0, obs-fold, bare LF in the
-header block, `Content-Length: 1000,1000`, lengths above 2^63, over-long
-chunk-size lines it waits on forever, huge header blocks arriving in one
-read). `RequestGuard` owns the downstream byte buffer and hands h11 exactly
-one vetted message at a time: first the head, once it is complete and clean,
-then only the bytes that belong to that message's body. Bytes after the
-message stay here, so a rejected or unfinished message can never leak into a
-second request.
+Transfer-Encoding, Transfer-Encoding before HTTP/1.1, obs-fold, bare LF in the
+header block, `Content-Length: 1000,1000`, lengths above 2^63, a body on
+CONNECT, over-long chunk-size lines it waits on forever, huge header blocks
+arriving in one read). `RequestGuard` owns the downstream byte buffer and
+hands h11 exactly one vetted message at a time: first the head, once it is
+complete and clean (and no chunked body bytes already in hand are bad), then
+only the bytes that belong to that message's body. Bytes after the message
+stay here, so a rejected or unfinished message can never leak into a second
+request. The verdict does not depend on how the bytes were split into reads,
+and a search resumes where the last read ended (no quadratic rescans).
 
 Sans-IO: no trio here. Error handling: raises `BadRequest`,
 `HeadersTooLarge`, `BodyTooLarge`, `UriTooLong` or `NotImplementedFraming`.
@@ -85,6 +87,10 @@ def vet_head(head: bytes | bytearray, limits: Limits) -> Framing:
         raise BadRequest("both Content-Length and Transfer-Encoding")
     if chunked and before_11:
         raise BadRequest("Transfer-Encoding on HTTP/1.0 or older")
+    if (chunked or length) and request_line.startswith(b"CONNECT "):
+        # CONNECT has no content (RFC 9110 9.3.6): a framed "body" would be read
+        # here as a body and by others as the first tunnel bytes.
+        raise BadRequest("CONNECT with a body")
     if chunked:
         return Framing(None, True)
     return Framing(length or 0, False)
@@ -125,6 +131,7 @@ class RequestGuard:
         "_framing",
         "_limits",
         "_remaining",
+        "_scanned",
         "_skipped",
         "_state",
         "eof",
@@ -139,6 +146,10 @@ class RequestGuard:
         # Empty lines skipped before this head; counted across reads so the cap
         # does not depend on how the bytes were split.
         self._skipped = 0
+        # Bytes at the front of the buffer already searched for the end of the
+        # head (or of the chunk-size/trailer line) being waited on: a search
+        # resumes there, so input trickled a byte per read costs linear time.
+        self._scanned = 0
         self._framing = NO_BODY
         self.eof = False
 
@@ -172,11 +183,13 @@ class RequestGuard:
         """Start looking for the next request head (after a complete exchange)."""
         self._state = _HEAD
         self._skipped = 0
+        self._scanned = 0
 
     def take_rest(self) -> bytes:
         """Hand over every buffered byte (the connection becomes a tunnel)."""
         rest = bytes(self._buf)
         self._buf.clear()
+        self._scanned = 0
         self._state = _DONE
         return rest
 
@@ -194,10 +207,15 @@ class RequestGuard:
         while buf[:2] == b"\r\n" and self._skipped < MAX_LEADING_EMPTY_LINES:
             del buf[:2]
             self._skipped += 1
-        end = buf.find(b"\r\n\r\n")
+            self._scanned = 0
+        # Back up 3 bytes: the previous read may have ended inside a delimiter.
+        start = max(0, self._scanned - 3)
+        end = buf.find(b"\r\n\r\n", start)
         if end < 0:
-            self._check_partial_head()
+            self._check_partial_head(start)
+            self._scanned = len(buf)
             return None
+        self._scanned = 0
         head = bytes(buf[: end + 4])
         framing = vet_head(head, self._limits)
         self._framing = framing
@@ -212,11 +230,14 @@ class RequestGuard:
         del buf[: end + 4]
         return head
 
-    def _check_partial_head(self) -> None:
+    def _check_partial_head(self, start: int) -> None:
+        """Reject an unfinished head early; bytes before `start` passed these checks."""
         buf = self._buf
-        if b"\n\n" in buf or b"\n\r\n" in buf:
+        if buf.find(b"\n\n", start) >= 0 or buf.find(b"\n\r\n", start) >= 0:
             raise BadRequest("bare LF in the header block")
-        if _first_line_too_long(buf, self._limits.max_request_line):
+        limit = self._limits.max_request_line
+        # Once limit+2 bytes were seen, the request-line verdict is final.
+        if self._scanned < limit + 2 and _first_line_too_long(buf, limit):
             raise UriTooLong(f"request line over {self._limits.max_request_line} bytes")
         if len(buf) > self._limits.max_header_bytes:
             raise HeadersTooLarge(f"header block over {self._limits.max_header_bytes} bytes")
@@ -228,14 +249,14 @@ class RequestGuard:
         opened, a request started) for a message whose rejection is already
         certain from bytes in hand. Nothing is consumed.
         """
-        saved = (self._state, self._remaining, self._body_seen)
+        saved = (self._state, self._remaining, self._body_seen, self._scanned)
         try:
             while pos < len(self._buf) and self._state != _DONE:
                 pos = self._step_chunked(self._buf, pos)
                 if pos < 0:
                     break
         finally:
-            self._state, self._remaining, self._body_seen = saved
+            self._state, self._remaining, self._body_seen, self._scanned = saved
 
     def _pull_length(self) -> bytes:
         n = min(self._remaining, len(self._buf))
@@ -277,12 +298,24 @@ class RequestGuard:
                 raise BadRequest("chunk data not followed by CRLF")
             self._state = _CHUNK_SIZE
             return pos + 2
-        end = buf.find(b"\r\n", pos)
-        limit = MAX_CHUNK_LINE if state == _CHUNK_SIZE else self._limits.max_header_bytes
+        # A line we waited on starts at pos 0 (what came before it was released);
+        # resume its search, backing up 1 byte for a CR the last read ended on.
+        start = pos + max(0, self._scanned - 1)
+        end = buf.find(b"\r\n", start)
         if end < 0:
-            if len(buf) - pos > limit or buf.find(b"\n", pos) >= 0:
-                raise BadRequest("chunk-size or trailer line too long or not ended by CRLF")
+            if buf.find(b"\n", start) >= 0:
+                raise BadRequest("chunk-size or trailer line not ended by CRLF")
+            if state == _CHUNK_SIZE and len(buf) - pos > MAX_CHUNK_LINE:
+                raise BadRequest("chunk-size line too long")
+            # Same measure as `_trailer_line`, so the status does not depend on the split.
+            if (
+                state == _TRAILERS
+                and self._remaining + len(buf) - pos > self._limits.max_header_bytes
+            ):
+                raise HeadersTooLarge("trailer block too large")
+            self._scanned = len(buf) - pos
             return -(pos + 1)
+        self._scanned = 0
         line = bytes(buf[pos:end])
         if state == _CHUNK_SIZE:
             self._chunk_size_line(line)
