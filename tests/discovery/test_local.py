@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ import attrs
 import pytest
 import trio
 
+from tests.discovery.watcher import Watcher
 from trimesh.discovery.base import (
     Instance,
     LeaseExpired,
@@ -38,24 +39,6 @@ class FakeClock:
 
 def orders(port: int = 8080, **changes: Any) -> Registration:
     return attrs.evolve(Registration("orders", "127.0.0.1", 8080), port=port, **changes)
-
-
-class Watcher:
-    """Records every snapshot a watch delivers; `wait_for` blocks until one matches."""
-
-    def __init__(self) -> None:
-        self.snapshots: list[list[Instance]] = []
-        self._changed = trio.Event()
-
-    def __call__(self, snapshot: Sequence[Instance]) -> None:
-        self.snapshots.append(list(snapshot))
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def wait_for(self, predicate: Callable[[list[Instance]], object]) -> list[Instance]:
-        while not (self.snapshots and predicate(self.snapshots[-1])):
-            await self._changed.wait()
-        return self.snapshots[-1]
 
 
 @pytest.fixture

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import re
 import socket
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
 import pytest
 import trio
 
+from tests.discovery.watcher import Watcher
 from tests.sc_double import Seen, ServiceCenterDouble
 from trimesh.discovery import servicecomb
 from trimesh.discovery.base import (
@@ -58,24 +58,6 @@ class SC:
 
     def seen(self, method: str, suffix: str) -> list[Any]:
         return [s for s in self.double.log if s.method == method and s.path.endswith(suffix)]
-
-
-class Watcher:
-    """Records every snapshot a watch delivers; `wait_for` blocks until one matches."""
-
-    def __init__(self) -> None:
-        self.snapshots: list[list[Instance]] = []
-        self._changed = trio.Event()
-
-    def __call__(self, snapshot: Sequence[Instance]) -> None:
-        self.snapshots.append(list(snapshot))
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def wait_for(self, predicate: Callable[[list[Instance]], object]) -> list[Instance]:
-        while not (self.snapshots and predicate(self.snapshots[-1])):
-            await self._changed.wait()
-        return self.snapshots[-1]
 
 
 def orders(port: int = 8080, **changes: Any) -> Registration:
