@@ -10,6 +10,7 @@ import h11
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from tests.servers import Seen, Upstream, sidecar_config, start_sidecar
 from trimesh.observe.accesslog import AccessLog
@@ -413,3 +414,30 @@ async def test_access_log_is_one_json_line_per_request(
     assert lines[0]["bytes_in"] == 5 and lines[0]["bytes_out"] > 0
     assert lines[0]["upstream"] == f"127.0.0.1:{upstream.port}"
     assert lines[0]["duration_ms"] >= 0
+
+
+async def test_responses_during_drain_say_connection_close(nursery: trio.Nursery) -> None:
+    release = trio.Event()
+
+    async def slow(seen: Seen, up: Upstream) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        await release.wait()
+        return 200, [], b"done"
+
+    app = Upstream(slow)
+    await nursery.start(app.serve)
+    sidecar, bound = await proxied(nursery, app)
+    with trio.fail_after(5):
+        stream = await trio.open_tcp_stream("127.0.0.1", bound.outbound[1])
+        async with stream:
+            await stream.send_all(b"GET http://orders/ HTTP/1.1\r\nHost: orders\r\n\r\n")
+            await app.request_arrived.wait()
+            sidecar.shutdown()
+            await trio.testing.wait_all_tasks_blocked()
+            assert sidecar.drain.draining
+            release.set()
+            reply = b""
+            while chunk := await stream.receive_some(65536):
+                reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200 ")
+    assert b"connection: close" in reply.lower()
+    assert reply.endswith(b"done")

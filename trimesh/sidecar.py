@@ -97,6 +97,7 @@ class Sidecar:
             response_timeout=c.upstream.response_timeout,
             body_idle_timeout=c.limits.body_idle_timeout,
             via_token=router.via_token,
+            draining=lambda: self.drain.draining,
         )
         return ListenerContext(
             router=router,

@@ -125,6 +125,12 @@ def test_registry_urls(url: str, expected: dict[str, str]) -> None:
     assert registry_url(url) == expected
 
 
+def test_access_log_off_unquoted_in_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("observe: {access_log: off}\n")
+    assert load(path, env={}).observe.access_log == "off"
+
+
 def test_bad_yaml_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "broken.yaml"
     path.write_text("service: [unclosed\n")

@@ -72,6 +72,15 @@ def _static_instance(item: Any) -> StaticInstance:
     return StaticInstance(host, port, version, p.str_map(item.get("tags")))
 
 
+def _access_log(value: Any) -> str:
+    # YAML 1.1 reads a bare `off`/`no` as false and `on`/`yes` as true.
+    if value is False:
+        return "off"
+    if value is True:
+        return "stderr"
+    return p.text(value)
+
+
 def _endpoints(value: Any) -> tuple[tuple[str, int], ...]:
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, list | tuple) or not items:
@@ -134,7 +143,7 @@ SCHEMA: Schema = {
         "heartbeat_interval": p.duration,
         "ttl": p.duration,
     },
-    "observe": {"access_log": p.text},
+    "observe": {"access_log": _access_log},
     "log_level": p.choice("debug", "info", "warning", "error", "critical"),
 }
 

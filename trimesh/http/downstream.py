@@ -85,7 +85,7 @@ class Downstream:
         destroy the error response the client has not read yet (nginx's
         lingering_close solves the same problem).
         """
-        if self.gone or self.guard.at_message_start:
+        if self.gone or self.guard.nothing_unread:
             return  # nothing unread: a plain close sends no RST
         self.discard = True
         self.guard.take_rest()

@@ -179,6 +179,11 @@ class RequestGuard:
         """True while no byte of the next message has arrived."""
         return self._state == _HEAD and not self._buf
 
+    @property
+    def nothing_unread(self) -> bool:
+        """True when the current message was read whole and nothing follows it yet."""
+        return self._state in (_HEAD, _DONE) and not self._buf
+
     def next_message(self) -> None:
         """Start looking for the next request head (after a complete exchange)."""
         self._state = _HEAD

@@ -12,6 +12,8 @@ both h11 machines finished cleanly; otherwise it is closed before returning.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import attrs
 import h11
 import trio
@@ -43,6 +45,8 @@ class ExchangeSettings:
     response_timeout: float
     body_idle_timeout: float
     via_token: bytes
+    # True once the sidecar drains: responses then say `Connection: close`.
+    draining: Callable[[], bool] = lambda: False
 
 
 class _Stale(Exception):
@@ -194,7 +198,8 @@ async def _relay(
     if not isinstance(event, h11.Response):
         raise UpstreamProtocol(f"unexpected response event {event!r}")
     finished = body_done or (state is not None and state.done)
-    out = bytearray(down.h11.send(_response_event(event, cfg.via_token, close=not finished)))
+    close = not finished or cfg.draining()
+    out = bytearray(down.h11.send(_response_event(event, cfg.via_token, close=close)))
     rec.status = event.status_code
     while True:
         event = await _body_event(conn, cfg)
