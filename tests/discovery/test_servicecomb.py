@@ -13,6 +13,13 @@ import trio
 from tests.discovery.watcher import Watcher
 from tests.sc_double import Seen, ServiceCenterDouble
 from trimesh.discovery import servicecomb
+from trimesh.discovery._servicecomb_wire import (
+    error_of,
+    instance_body,
+    instance_from_json,
+    parse_endpoint,
+    split_id,
+)
 from trimesh.discovery.base import (
     Instance,
     LeaseExpired,
@@ -20,15 +27,7 @@ from trimesh.discovery.base import (
     RegistryUnavailable,
     ServiceKey,
 )
-from trimesh.discovery.servicecomb import (
-    ServiceCenterError,
-    ServiceCombRegistry,
-    error_of,
-    instance_body,
-    instance_from_json,
-    parse_endpoint,
-    split_id,
-)
+from trimesh.discovery.servicecomb import ServiceCenterError, ServiceCombRegistry
 from trimesh.http.client import Response, request
 
 ORDERS = ServiceKey("orders")
