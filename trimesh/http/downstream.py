@@ -130,12 +130,18 @@ class Downstream:
                 await self.wait_data()
 
     async def send(self, data: bytes) -> None:
-        try:
-            await self.stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        """Write to the client; a client that stops reading for `body_idle_timeout` is gone."""
+        with trio.move_on_after(self.limits.body_idle_timeout) as stuck:
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self.gone = True
+                self.h11.send_failed()
+                raise DownstreamGone(str(exc)) from exc
+        if stuck.cancelled_caught:
             self.gone = True
             self.h11.send_failed()
-            raise DownstreamGone(str(exc)) from exc
+            raise DownstreamGone("client stopped reading")
 
     async def receive_raw(self) -> bytes:
         """For tunnels: every buffered byte, waiting for some; b"" at EOF."""

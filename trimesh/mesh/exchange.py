@@ -312,11 +312,15 @@ async def _pump_body(
                 rec.bytes_in += len(event.data)
             elif not isinstance(event, h11.EndOfMessage):
                 raise UpstreamProtocol(f"unexpected client event {event!r}")
-            try:
-                await conn.stream.send_all(conn.h11.send(event))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+            with trio.move_on_after(cfg.body_idle_timeout) as stuck:
+                try:
+                    await conn.stream.send_all(conn.h11.send(event))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    conn.h11.send_failed()
+                    return  # the relay sees the upstream's answer or its reset
+            if stuck.cancelled_caught:
                 conn.h11.send_failed()
-                return  # the relay sees the upstream's answer or its reset
+                raise UpstreamTimeout("upstream stopped reading the request body")
             if isinstance(event, h11.EndOfMessage):
                 state.done = True
                 if state.head_scope is not None:
