@@ -193,14 +193,10 @@ async def _one_request(
             if down.gone:
                 scope.cancel()
             try:
-                plan = ctx.router.plan(request, down.guard.framing, down.peer, fixed)
-            except ServiceNotFound as missing:
-                # First use of a name: ask the registry once, then plan again.
-                if not await _resolve_first_use(ctx, missing.service):
-                    raise
-                plan = ctx.router.plan(request, down.guard.framing, down.peer, fixed)
-            rec.service, rec.instance = plan.service, plan.instance
-            return await forward(down, request, plan, ctx.pool, ctx.exchange, rec)
+                return await _plan_and_forward(down, ctx, request, fixed, rec)
+            finally:
+                # Out of the scope, writes (error answers) get their own deadline.
+                down.request_scope = None
         rec.error = "downstream-disconnect"
         return False
     except ProxyError as exc:
@@ -210,8 +206,25 @@ async def _one_request(
         rec.error = "downstream-disconnect"
         return False
     finally:
-        down.request_scope = None
         ctx.access_log.write(rec)
+
+
+async def _plan_and_forward(
+    down: Downstream,
+    ctx: ListenerContext,
+    request: h11.Request,
+    fixed: Target | None,
+    rec: AccessRecord,
+) -> bool:
+    try:
+        plan = ctx.router.plan(request, down.guard.framing, down.peer, fixed)
+    except ServiceNotFound as missing:
+        # First use of a name: ask the registry once, then plan again.
+        if not await _resolve_first_use(ctx, missing.service):
+            raise
+        plan = ctx.router.plan(request, down.guard.framing, down.peer, fixed)
+    rec.service, rec.instance = plan.service, plan.instance
+    return await forward(down, request, plan, ctx.pool, ctx.exchange, rec)
 
 
 async def _resolve_first_use(ctx: ListenerContext, service: str | None) -> bool:
