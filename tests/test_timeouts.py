@@ -11,6 +11,14 @@ import trio.testing
 
 from tests.servers import Seen, Upstream, sidecar_config, start_sidecar
 from trimesh.config import Limits, UpstreamConfig
+from trimesh.sidecar import Bound
+
+
+async def _routing_o_to(nursery: trio.Nursery, port: int) -> Bound:
+    """A sidecar whose service `o` is the app on `port`."""
+    raw = sidecar_config(registry={"services": {"o": [{"address": f"127.0.0.1:{port}"}]}})
+    _, bound = await start_sidecar(nursery, raw)
+    return bound
 
 
 async def _read_all(stream: trio.SocketStream) -> bytes:
@@ -23,8 +31,7 @@ async def _read_all(stream: trio.SocketStream) -> bytes:
 async def test_default_header_timeout_answers_408(
     nursery: trio.Nursery, upstream: Upstream, autojump_clock: trio.testing.MockClock
 ) -> None:
-    raw = sidecar_config(registry={"services": {"o": [{"address": f"127.0.0.1:{upstream.port}"}]}})
-    _, bound = await start_sidecar(nursery, raw)
+    bound = await _routing_o_to(nursery, upstream.port)
     stream = await trio.open_tcp_stream("127.0.0.1", bound.outbound[1])
     async with stream:
         start = trio.current_time()
@@ -58,8 +65,7 @@ async def test_default_upstream_response_timeout_is_504(
 
     app = Upstream(never)
     await nursery.start(app.serve)
-    raw = sidecar_config(registry={"services": {"o": [{"address": f"127.0.0.1:{app.port}"}]}})
-    _, bound = await start_sidecar(nursery, raw)
+    bound = await _routing_o_to(nursery, app.port)
     stream = await trio.open_tcp_stream("127.0.0.1", bound.outbound[1])
     async with stream:
         start = trio.current_time()
@@ -76,8 +82,7 @@ async def test_default_upstream_response_timeout_is_504(
 async def test_default_body_idle_timeout_is_408(
     nursery: trio.Nursery, upstream: Upstream, autojump_clock: trio.testing.MockClock
 ) -> None:
-    raw = sidecar_config(registry={"services": {"o": [{"address": f"127.0.0.1:{upstream.port}"}]}})
-    _, bound = await start_sidecar(nursery, raw)
+    bound = await _routing_o_to(nursery, upstream.port)
     stream = await trio.open_tcp_stream("127.0.0.1", bound.outbound[1])
     async with stream:
         start = trio.current_time()
@@ -98,8 +103,7 @@ async def test_client_that_stops_reading_is_dropped(
 
     app = Upstream(huge)
     await nursery.start(app.serve)
-    raw = sidecar_config(registry={"services": {"o": [{"address": f"127.0.0.1:{app.port}"}]}})
-    _, bound = await start_sidecar(nursery, raw)
+    bound = await _routing_o_to(nursery, app.port)
     stream = await trio.open_tcp_stream("127.0.0.1", bound.outbound[1])
     async with stream:
         start = trio.current_time()
@@ -118,8 +122,7 @@ async def test_upstream_that_stops_reading_the_body_is_504(
 
     listeners = await nursery.start(trio.serve_tcp, deaf, 0)
     port = listeners[0].socket.getsockname()[1]
-    raw = sidecar_config(registry={"services": {"o": [{"address": f"127.0.0.1:{port}"}]}})
-    _, bound = await start_sidecar(nursery, raw)
+    bound = await _routing_o_to(nursery, port)
     size = 64 << 20
     stream = await trio.open_tcp_stream("127.0.0.1", bound.outbound[1])
 
