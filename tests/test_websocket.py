@@ -177,3 +177,19 @@ async def test_h2c_upgrade_is_never_forwarded(nursery: trio.Nursery, upstream: U
     assert out.count(b"HTTP/1.1 200 ") == 2
     names = {n for n, _ in upstream.seen[0].headers}
     assert b"upgrade" not in names and b"http2-settings" not in names
+
+
+async def test_trio_websocket_client_over_a_connect_tunnel(nursery: trio.Nursery) -> None:
+    consumer, _ = await two_sidecars(nursery, await ws_server(nursery))
+    with trio.fail_after(5):
+        stream = await trio.open_tcp_stream("127.0.0.1", consumer.outbound[1])
+        async with stream:
+            await stream.send_all(b"CONNECT echo:80 HTTP/1.1\r\nHost: echo:80\r\n\r\n")
+            established = await stream.receive_some(65536)
+            assert established.startswith(b"HTTP/1.1 200 ")
+            async with trio.open_nursery() as ws_nursery:
+                ws = await trio_websocket.wrap_client_stream(ws_nursery, stream, "echo", "/chat")
+                await ws.send_message("via trio-websocket")
+                reply = await ws.get_message()
+                await ws.aclose()
+    assert reply == "echo:via trio-websocket"
