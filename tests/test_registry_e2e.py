@@ -274,11 +274,19 @@ async def test_local_registry_routes_both_ways(
     assert state["registration"]["endpoint"] == f"rest://127.0.0.1:{pair.consumer.inbound}"
 
 
+@pytest.mark.parametrize("backend", ["local", pytest.param("etcd", marks=pytest.mark.etcd)])
 async def test_sigkilled_provider_leaves_discovery_within_its_lease(
-    fleet: Fleet, nursery: trio.Nursery, tmp_path: Path
+    fleet: Fleet,
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    backend: str,
+    request: pytest.FixtureRequest,
 ) -> None:
-    ttl = 1.0
-    pair = await start_pair(fleet, nursery, local_registry(tmp_path, ttl="1s"))
+    if backend == "local":
+        ttl, registry = 1.0, local_registry(tmp_path, ttl="1s")
+    else:
+        ttl, registry = 2.0, etcd_registry(request.getfixturevalue("etcd"), ttl="2s")
+    pair = await start_pair(fleet, nursery, registry)
     async with proxy_client(pair.consumer) as shop:
         await assert_routes_to(shop, "http://orders/", pair.provider_app, fleet)
         pair.provider.process.kill()  # SIGKILL: no deregistration, only the lease ends it
