@@ -143,9 +143,7 @@ class Downstream:
             with trio.move_on_after(self.limits.body_idle_timeout) as stuck:
                 await self._send(data)
             if stuck.cancelled_caught:
-                self.gone = True
-                self.h11.send_failed()
-                raise DownstreamGone("client stopped reading")
+                raise self._lost("client stopped reading")
             return
         scope.deadline = trio.current_time() + self.limits.body_idle_timeout
         try:
@@ -157,9 +155,13 @@ class Downstream:
         try:
             await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self.gone = True
-            self.h11.send_failed()
-            raise DownstreamGone(str(exc)) from exc
+            raise self._lost(str(exc)) from exc
+
+    def _lost(self, why: str) -> DownstreamGone:
+        """A write failed: the client is gone and h11 must know the send did not happen."""
+        self.gone = True
+        self.h11.send_failed()
+        return DownstreamGone(why)
 
     async def receive_raw(self) -> bytes:
         """For tunnels: every buffered byte, waiting for some; b"" at EOF."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from functools import lru_cache
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -116,15 +115,8 @@ def set_default(headers: Headers, name: bytes, value: bytes) -> None:
     headers.append((name, value))
 
 
-def replace(headers: Headers, name: bytes, value: bytes) -> None:
-    headers[:] = [(n, v) for n, v in headers if n != name]
-    headers.append((name, value))
-
-
 def cse_context(existing: bytes | None, source_service: str) -> bytes:
     """Mesher's `x-cse-context` JSON map, with `x-cse-src-microservice` set to us."""
-    if existing is None:
-        return _cse_context_default(source_service)
     context: dict[str, str] = {}
     if existing:
         try:
@@ -135,8 +127,3 @@ def cse_context(existing: bytes | None, source_service: str) -> bytes:
             context = {str(k): str(v) for k, v in parsed.items()}
     context["x-cse-src-microservice"] = source_service
     return json.dumps(context, separators=(",", ":")).encode()
-
-
-@lru_cache(maxsize=16)
-def _cse_context_default(source_service: str) -> bytes:
-    return json.dumps({"x-cse-src-microservice": source_service}, separators=(",", ":")).encode()

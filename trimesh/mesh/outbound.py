@@ -33,6 +33,8 @@ class OutboundRouter:
         self.via_token = via_token
         self.balancer = RoundRobin()
         self.source_service = source_service
+        # What almost every request gets: apps rarely send their own x-cse-context.
+        self._fresh_context = hh.cse_context(None, source_service)
 
     def plan(self, request: h11.Request, framing: Framing, peer: str, fixed: Target | None) -> Plan:
         received = hh.items(request.headers)
@@ -64,7 +66,8 @@ class OutboundRouter:
             drop=REPLACED,
         )
         original_host = hh.get(received, b"host")
-        context = hh.cse_context(hh.get(received, b"x-cse-context"), self.source_service)
+        sent = hh.get(received, b"x-cse-context")
+        context = self._fresh_context if sent is None else hh.cse_context(sent, self.source_service)
         headers.append((b"host", target.authority))
         hh.set_default(headers, b"x-forwarded-host", original_host or target.authority)
         hh.set_default(headers, b"x-forwarded-proto", b"http")

@@ -92,10 +92,10 @@ class AccessLog:
             pass  # a closed or full log must never break the data path
 
     async def flusher(self) -> None:
-        """Runs in the root nursery: write pending lines periodically."""
-        try:
-            while True:
-                await trio.sleep(self.FLUSH_EVERY)
-                self.flush()
-        finally:
+        """Runs in the root nursery: write pending lines periodically.
+
+        The final `flush` is the owner's, on shutdown (`Sidecar.run` does it).
+        """
+        while True:
+            await trio.sleep(self.FLUSH_EVERY)
             self.flush()
