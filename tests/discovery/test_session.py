@@ -311,6 +311,7 @@ async def test_outage_backs_off_keeps_serving_then_recovers_and_rewatches(
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.allow_unhandled_errors
 async def test_unexpected_watch_error_is_logged_and_retried(
     fake: FakeRegistry, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -101,6 +101,7 @@ SCHEMA: Schema = {
         "inbound": p.address,
         "admin": p.address,
         "advertise": p.text,
+        "drain_delay": p.duration,
         "drain_timeout": p.duration,
     },
     "app": {
@@ -124,6 +125,11 @@ SCHEMA: Schema = {
         "body_idle_timeout": p.duration,
         "keepalive_timeout": p.duration,
         "max_connections": p.positive_int,
+        "request_timeout": p.optional_duration,
+        "allow_underscores": p.boolean,
+        "tunnel_idle_timeout": p.duration,
+        "max_response_header_bytes": p.size,
+        "admin_max_connections": p.positive_int,
     },
     "upstream": {
         "connect_timeout": p.duration,
@@ -142,6 +148,8 @@ SCHEMA: Schema = {
         "password": p.text,
         "heartbeat_interval": p.duration,
         "ttl": p.duration,
+        "call_timeout": p.duration,
+        "allow_networks": p.networks,
     },
     "observe": {"access_log": _access_log},
     "log_level": p.choice("debug", "info", "warning", "error", "critical"),

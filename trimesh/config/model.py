@@ -34,6 +34,8 @@ class ListenConfig:
     admin: Address = ("127.0.0.1", 30102)
     # Host other sidecars should use to reach our inbound listener.
     advertise: str | None = None
+    # On SIGTERM: keep accepting (answering `Connection: close`) this long, then stop.
+    drain_delay: float = 5.0
     drain_timeout: float = 20.0
 
 
@@ -77,6 +79,16 @@ class Limits:
     body_idle_timeout: float = 60.0
     keepalive_timeout: float = 75.0
     max_connections: int = 4096
+    # Whole-request receive deadline (head and body); None = off, like nginx and Envoy.
+    request_timeout: float | None = None
+    # Keep header fields whose names contain "_" (dropped by default, as nginx does).
+    allow_underscores: bool = False
+    # A WebSocket / CONNECT tunnel with no byte either way for this long is closed.
+    tunnel_idle_timeout: float = 3600.0
+    # Largest upstream response head (status line + fields) we accept.
+    max_response_header_bytes: int = 64 * 1024
+    # Connections on the admin listener.
+    admin_max_connections: int = 64
 
 
 @attrs.frozen
@@ -108,6 +120,10 @@ class RegistryConfig:
     password: str | None = attrs.field(default=None, repr=False)
     heartbeat_interval: float = 10.0
     ttl: float = 30.0
+    # Deadline of one registry call (a heartbeat gets min(this, interval, ttl/3)).
+    call_timeout: float = 5.0
+    # When set, instances outside these networks (CIDR) are never used.
+    allow_networks: tuple[str, ...] = ()
 
 
 @attrs.frozen

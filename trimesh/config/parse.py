@@ -6,6 +6,7 @@ Each raises `ValueError` with a message fit to follow the key path, e.g.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -56,6 +57,27 @@ def size(value: Any) -> int:
 
 def optional_size(value: Any) -> int | None:
     return None if value in (None, 0, "0", "none", "unlimited") else size(value)
+
+
+def optional_duration(value: Any) -> float | None:
+    """A duration, or None for `off` / `none` / 0 (YAML's bare `off` is False)."""
+    if value is False or value in (None, 0, "0", "off", "none"):
+        return None
+    return duration(value)
+
+
+def networks(value: Any) -> tuple[str, ...]:
+    """A list (or comma-separated text) of CIDR networks, normalised."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ValueError(f"expected a list of networks like [10.0.0.0/8], got {value!r}")
+    out = []
+    for item in items:
+        try:
+            out.append(str(ipaddress.ip_network(str(item).strip(), strict=False)))
+        except ValueError as exc:
+            raise ValueError(f"not a network (CIDR): {item!r}") from exc
+    return tuple(out)
 
 
 def positive_int(value: Any) -> int:
