@@ -39,7 +39,12 @@ def fuzz(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Throughput and latency through trimesh vs. straight to the upstream (and nginx)."""
+    """Throughput, latency and CPU/request through trimesh vs. direct, the floor (and nginx).
+
+    The floor (bench/floor.py) needs only trio and h11, which `-e .` brings. wrk and
+    nginx are used when on PATH (Debian: `apt-get install -y wrk nginx`), else the
+    bench's labelled Python fallbacks.
+    """
     session.install(
         "-e",
         ".",

@@ -1,4 +1,4 @@
-"""`python -m bench`: start the upstream, trimesh (twice) and nginx, run the scenarios, report.
+"""`python -m bench`: start the upstream, trimesh (twice), the floor and nginx; run, report.
 
 The HTTP servers are started only when a selected scenario sends HTTP load
 (`--scenario registry` alone starts none).
@@ -23,9 +23,9 @@ from bench import sidecar
 from bench.load import Endpoint, LoadGenerator
 from bench.procs import BenchError, Cores, Processes
 from bench.registry import RUNS
-from bench.report import print_scenario, write_json
+from bench.report import print_scenario, print_summary, write_json
 from bench.scenarios import SCENARIOS, Rig, ScenarioResult
-from bench.servers import start_nginx_proxy, start_upstream
+from bench.servers import start_floor, start_nginx_proxy, start_upstream
 
 HERE = Path(__file__).resolve().parent
 
@@ -111,6 +111,9 @@ def _start_paths(
         sc = sidecars[name] = sidecar.start(procs, name, up.port, cores.proxy, access_log=log)
         label = "trimesh, access log to a file" if log else "trimesh, access log off"
         eps.append(Endpoint(name, label, sc.port, absolute, sidecar.SERVICE, sc.proc.pid))
+        if name == "trimesh":  # measured right after trimesh: within a round both see one drift
+            fl = start_floor(procs, cores.proxy, up.port)
+            eps.append(Endpoint("floor", fl.label, fl.port, absolute, sidecar.SERVICE, fl.pid))
     proxy = None if no_nginx else start_nginx_proxy(procs, cores.proxy, up.port)
     if proxy is not None:
         eps.append(
@@ -196,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                 if scenario.name in wanted and scenario.enabled(rig):
                     results.append(scenario.run(rig))
                     print_scenario(results[-1])
+            print_summary(results)
         except BenchError as exc:
             print(f"bench: {exc}", file=sys.stderr)
             return 1

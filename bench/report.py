@@ -27,17 +27,19 @@ def runs_table(runs: dict[str, Measured]) -> list[str]:
 
 
 def ratios(runs: dict[str, Measured]) -> list[dict[str, object]]:
-    """req/s and latency of path a relative to path b, for every pair in RATIOS present."""
+    """req/s, latency and CPU/request of path a relative to path b, for each pair in RATIOS."""
     out = []
     for a, b in RATIOS:
         if a in runs and b in runs:
             ra, rb = runs[a], runs[b]
+            ca, cb = ra.cpu_us_per_request, rb.cpu_us_per_request
             out.append(
                 {
                     "pair": f"{a} / {b}",
                     "rps": ra.rps / rb.rps,
                     "p50": ra.p50_ms / rb.p50_ms,
                     "p99": ra.p99_ms / rb.p99_ms,
+                    "cpu": ca / cb if ca is not None and cb else None,
                 }
             )
     return out
@@ -46,17 +48,35 @@ def ratios(runs: dict[str, Measured]) -> list[dict[str, object]]:
 def ratios_table(rows: list[dict[str, object]]) -> list[str]:
     if not rows:
         return []
-    lines = [f"  {'ratio':<24}{'req/s':>9}{'p50':>9}{'p99':>9}"]
+    lines = [f"  {'ratio':<24}{'req/s':>9}{'p50':>9}{'p99':>9}{'cpu/req':>9}"]
     for r in rows:
-        lines.append(f"  {r['pair']!s:<24}{r['rps']:>8.3f}x{r['p50']:>8.2f}x{r['p99']:>8.2f}x")
+        cpu = r["cpu"]
+        cpu_text = "-" if not isinstance(cpu, float) else f"{cpu:.2f}x"
+        lines.append(
+            f"  {r['pair']!s:<24}{r['rps']:>8.3f}x{r['p50']:>8.2f}x{r['p99']:>8.2f}x{cpu_text:>9}"
+        )
     return lines
 
 
 def figure_line(f: Figure) -> str:
-    verdict = "" if f.ok is None else ("  MET" if f.ok else "  MISSED")
+    verdict = "" if f.ok is None else ("  PASS" if f.ok else "  MISS")
     target = f"  (target {f.target} {f.unit})" if f.target else ""
-    digits = 3 if f.unit == "ms" else 0
-    return f"  {f.name}: {f.value:,.{digits}f} {f.unit}{target}{verdict}"
+    digits = {"ms": 3, "x": 2}.get(f.unit, 0)
+    unit = f.unit if f.unit == "x" else f" {f.unit}"
+    return f"  {f.name}: {f.value:,.{digits}f}{unit}{target}{verdict}"
+
+
+def print_summary(results: list[ScenarioResult]) -> None:
+    """Every figure with a target, and the floor comparison, once more at the end."""
+    lines = [
+        f"  {r.name + ':':<16}{figure_line(f).strip()}"
+        for r in results
+        for f in r.figures
+        if f.ok is not None or f.summary
+    ]
+    if lines:
+        print("\n== summary: targets and trimesh vs. the floor (same run) ==")
+        print("\n".join(lines))
 
 
 def print_scenario(res: ScenarioResult) -> None:

@@ -1,9 +1,10 @@
-"""The servers around the proxy under test: the upstream app and the nginx reverse proxy.
+"""The servers around the proxy under test: the upstream app, the floor and the nginx proxy.
 
 nginx, when installed, is both the upstream (a fixed 100-byte body from
 `return 200`) and, as a second process, the reverse-proxy comparison. Without
 nginx the upstream is `pyserver.py`, a one-thread selectors server, and the
-nginx path is skipped; results say which was used.
+nginx path is skipped; results say which was used. The floor (`floor.py`, a
+minimal trio + h11 forward proxy) runs whichever upstream it is.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import attrs
@@ -67,6 +69,7 @@ class Server:
 
     port: int
     label: str
+    pid: int | None = None
 
 
 def nginx_binary() -> str | None:
@@ -129,3 +132,19 @@ def start_nginx_proxy(procs: Processes, cpu: int | None, upstream_port: int) -> 
         print(f"bench: nginx reverse proxy failed, skipping that path: {exc}", file=sys.stderr)
         return None
     return Server(port, f"{nginx_version(binary)} proxy_pass, upstream keepalive 64")
+
+
+def start_floor(procs: Processes, cpu: int | None, upstream_port: int) -> Server:
+    """Start `floor.py` on a port of its choosing and read that port from its first line."""
+    script = Path(__file__).with_name("floor.py")
+    argv = [sys.executable, str(script), "--listen", f"{HOST}:0", "--upstream"]
+    proc = procs.start("floor", [*argv, f"{HOST}:{upstream_port}"], cpu)
+    end = time.monotonic() + 10
+    while time.monotonic() < end:
+        first = procs.log_tail("floor", 1)
+        if first.isdigit():
+            return Server(int(first), "minimal trio + h11 proxy (bench/floor.py)", proc.pid)
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise BenchError(f"floor did not report its port:\n{procs.log_tail('floor')}")

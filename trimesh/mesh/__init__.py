@@ -1,1 +1,0 @@
-"""What Mesher is: outbound and inbound routing, balancing, the exchange."""
