@@ -12,6 +12,9 @@ then EOF, under the default limits and under small ones):
 3. The split does not matter: every way of feeding accepts the same complete
    requests (method, target, version, headers, body, trailers) and reaches
    the same verdict (rejected or not).
+4. Every head h11 delivers is one we may forward: HTTP/1.0 or 1.1, at most one
+   Host and no list in it, no control character but HTAB in any field value
+   or trailer value.
 
 Run: `python fuzz/fuzz_guard.py [libFuzzer flags] [corpus dirs]` (atheris), as
 h11's fuzz/afl-server.py does for h11 alone. `check` is also replayed over
@@ -21,6 +24,7 @@ fuzz/corpus/guard/ by tests/unit/test_guard.py.
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 from collections.abc import Iterable, Iterator
 
@@ -45,6 +49,7 @@ SMALL = Limits(max_header_bytes=512, max_headers=8, max_request_line=128, max_bo
 LIMITS = (Limits(), SMALL)
 # A response that also refuses any protocol switch, so the next cycle can start.
 _ANSWER = h11.Response(status_code=404, headers=[(b"content-length", b"0")])
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 @attrs.frozen
@@ -117,6 +122,7 @@ class _Driver:
                 else:
                     return True
             elif isinstance(event, h11.Request):
+                _check_forwardable(event)
                 self.request = event
                 self.heads += 1
                 self.body.clear()
@@ -132,6 +138,7 @@ class _Driver:
                 return False
 
     def end_of_message(self, event: h11.EndOfMessage) -> None:
+        assert not any(_CONTROL.search(v) for _, v in event.headers), event
         assert self.guard.message_done, "h11 ended the message before the guard did"
         assert not self.conn.trailing_data[0], "h11 was handed bytes beyond the message"
         request = self.request
@@ -148,6 +155,14 @@ class _Driver:
         )
         self.conn.send(_ANSWER)
         self.conn.send(h11.EndOfMessage())
+
+
+def _check_forwardable(request: h11.Request) -> None:
+    """Invariant 4 for a request head h11 accepted after the guard."""
+    assert request.http_version in (b"1.0", b"1.1"), request
+    hosts = [v for n, v in request.headers if n == b"host"]
+    assert len(hosts) <= 1 and b"," not in b"".join(hosts), request
+    assert not any(_CONTROL.search(v) for _, v in request.headers), request
 
 
 def pieces_of(data: bytes, size: int) -> Iterator[bytes]:

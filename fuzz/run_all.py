@@ -2,8 +2,11 @@
 
 Usage: `python fuzz/run_all.py SECONDS` (the `nox -s fuzz` smoke run uses 30).
 Each harness runs in its own subprocess with its seed corpus, fuzz/corpus/<name>/
-(fuzz_guard.py → guard/), copied to a scratch directory so new inputs do not
-pile up in git. Crash reproducers land in fuzz/crashes/ (git-ignored).
+(fuzz_guard.py → guard/, fuzz_headers.py → headers/, fuzz_target.py → target/),
+copied to a scratch directory so new inputs do not pile up in git. A harness is
+registered by its file name alone; one without a seed corpus is refused, so a
+new parser cannot be fuzzed from nothing by mistake. Crash reproducers land in
+fuzz/crashes/ (git-ignored).
 """
 
 from __future__ import annotations
@@ -25,10 +28,10 @@ def run(harness: Path, seconds: int, scratch: Path) -> int:
     name = harness.stem.removeprefix("fuzz_")
     corpus = scratch / name
     seeds = HERE / "corpus" / name
-    if seeds.is_dir():
-        shutil.copytree(seeds, corpus)
-    else:
-        corpus.mkdir()
+    if not seeds.is_dir() or not any(seeds.iterdir()):
+        print(f"== {harness.name}: no seed corpus in {seeds}", file=sys.stderr)
+        return 1
+    shutil.copytree(seeds, corpus)
     crashes = HERE / "crashes"
     crashes.mkdir(exist_ok=True)
     argv = [

@@ -6,6 +6,9 @@ and `start()` again brings it back on the same ports and data, so tests can
 simulate an outage. `find_etcd()` locates the binary, skipping the test when
 it is absent, or failing it when ``CI=true`` (CI must not silently skip).
 
+`SwitchProxy` and `never_accepting` fake the ways a registry member hangs,
+in front of etcd or any other registry on loopback.
+
 Resource handling: the process and its data dir belong to the fixture that
 created the server; `stop()` is idempotent.
 """
@@ -21,10 +24,13 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import pytest
+import trio
 
 START_DEADLINE = 20.0
 STOP_DEADLINE = 10.0
@@ -173,3 +179,87 @@ class EtcdServer:
             return self.log_path.read_text(errors="replace")[-2000:]
         except OSError:
             return "(no log)"
+
+
+class SwitchProxy:
+    """A loopback TCP proxy to a registry that a test switches between three modes.
+
+    ``forward``: relay bytes both ways. ``blackhole``: accept new connections,
+    read what they send and never answer; connections already open fall
+    silent (kept open, nothing relayed). ``freeze``: connections already
+    open fall silent, new ones are relayed. `accepted` counts connections.
+    """
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.mode: Literal["forward", "blackhole"] = "forward"
+        self.port = 0
+        self.accepted = 0
+        self._relays: set[trio.CancelScope] = set()
+
+    @property
+    def endpoint(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+    async def serve(self, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = int(listeners[0].socket.getsockname()[1])
+        task_status.started(self.port)
+        await trio.serve_listeners(self._handle, listeners)
+
+    def blackhole(self) -> None:
+        self.mode = "blackhole"
+        self.freeze()
+
+    def forward(self) -> None:
+        self.mode = "forward"
+
+    def freeze(self) -> None:
+        for relay in self._relays:
+            relay.cancel()
+
+    async def _handle(self, downstream: trio.SocketStream) -> None:
+        self.accepted += 1
+        try:
+            if self.mode == "blackhole":
+                while await downstream.receive_some():
+                    pass  # swallowed: the client waits for an answer that never comes
+                return
+            try:
+                upstream = await trio.open_tcp_stream(*self.target)
+            except OSError:
+                return
+            async with upstream:
+                with trio.CancelScope() as relay:
+                    self._relays.add(relay)
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(_relay, downstream, upstream, nursery.cancel_scope)
+                        nursery.start_soon(_relay, upstream, downstream, nursery.cancel_scope)
+                self._relays.discard(relay)
+                if relay.cancelled_caught:
+                    await trio.sleep_forever()  # frozen: open and silent until the proxy stops
+        except trio.BrokenResourceError:
+            pass
+        finally:
+            await trio.aclose_forcefully(downstream)
+
+
+async def _relay(
+    source: trio.abc.ReceiveStream, sink: trio.abc.SendStream, done: trio.CancelScope
+) -> None:
+    try:
+        async for data in source:
+            await sink.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    done.cancel()
+
+
+@contextmanager
+def never_accepting() -> Iterator[tuple[str, int]]:
+    """A loopback endpoint whose accept queue is full: a connect to it hangs (SYN dropped)."""
+    with socket.socket() as server, socket.socket() as filler:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)  # Linux queues one connection, then drops further SYNs
+        filler.connect(server.getsockname())
+        yield ("127.0.0.1", int(server.getsockname()[1]))

@@ -124,6 +124,7 @@ class ServiceCenterDouble:
         self.log: list[Seen] = []
         self.logged = trio.Event()  # set (and replaced) after each answer
         self.outage = False  # answer every request with 500011
+        self.watches_opened = 0  # watcher websockets accepted
         self._ids = itertools.count(1)
 
     # -- test controls ------------------------------------------------------------
@@ -411,6 +412,7 @@ class ServiceCenterDouble:
             await request.reject(401)
             return
         ws = await request.accept()
+        self.watches_opened += 1
         project, consumer_id = match.groups()
         if self._service(project, consumer_id) is None:
             await ws.send_message("service does not exist")

@@ -144,6 +144,7 @@ def sidecar_config(**sections: Any) -> dict[str, Any]:
             "inbound": "127.0.0.1:0",
             "admin": "127.0.0.1:0",
             "drain_timeout": "5s",
+            "drain_delay": "10ms",
         },
         "registry": {"type": "static", "services": {}},
         "observe": {"access_log": "off"},

@@ -70,6 +70,7 @@ def base_config(**services: int) -> dict[str, object]:
             "inbound": "127.0.0.1:0",
             "admin": "127.0.0.1:0",
             "drain_timeout": "2s",
+            "drain_delay": "10ms",
         },
         "registry": {
             "type": "static",
@@ -89,7 +90,9 @@ async def test_sigterm_drains_in_flight_request(
 
     app = Upstream(slow)
     await nursery.start(app.serve)
-    proc = await spawn(nursery, tmp_path, base_config(orders=app.port))
+    config = base_config(orders=app.port)
+    config["listen"]["drain_delay"] = "1s"  # type: ignore[index]
+    proc = await spawn(nursery, tmp_path, config)
     cleanup.append(proc.process)
     with trio.fail_after(10):
         stream = await trio.open_tcp_stream("127.0.0.1", proc.outbound)
@@ -97,12 +100,23 @@ async def test_sigterm_drains_in_flight_request(
             await stream.send_all(b"GET http://orders/slow HTTP/1.1\r\nHost: orders\r\n\r\n")
             await app.request_arrived.wait()
             proc.process.send_signal(signal.SIGTERM)
-            while b"draining" not in proc.log:  # noqa: ASYNC110 - polling a pipe-fed log under fail_after
+            while b"still accepting" not in proc.log:  # noqa: ASYNC110 - polling a pipe-fed log under fail_after
+                await trio.sleep(0.01)
+            # During listen.drain_delay the app may still call out: accepted, then closed.
+            late = await trio.open_tcp_stream("127.0.0.1", proc.outbound)
+            async with late:
+                await late.send_all(b"GET http://orders/late HTTP/1.1\r\nHost: orders\r\n\r\n")
+                release.set()
+                answer = b""
+                while chunk := await late.receive_some(65536):
+                    answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200 ")
+            assert b"connection: close" in answer.lower()
+            while b"listeners closed" not in proc.log:  # noqa: ASYNC110 - polling a pipe-fed log under fail_after
                 await trio.sleep(0.01)
             # The listener is closed: new connections are refused.
             with pytest.raises(OSError):
                 await trio.open_tcp_stream("127.0.0.1", proc.outbound)
-            release.set()
             response = b""
             while chunk := await stream.receive_some(65536):
                 response += chunk

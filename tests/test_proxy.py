@@ -208,7 +208,9 @@ async def test_loop_detected(nursery: trio.Nursery) -> None:
     sidecar, _ = await start_sidecar(nursery, raw)
     async with httpx.AsyncClient(proxy=f"http://127.0.0.1:{port}") as c:
         r = await c.get("http://me/")
-    assert (r.status_code, r.headers["x-trimesh-error"]) == (508, "loop-detected")
+    # A registry row pointing at our own listener is never used at all...
+    assert (r.status_code, r.headers["x-trimesh-error"]) == (503, "no-instance")
+    # ...and a request that already passed us (our Via token) is a loop.
     r2 = await raw_request(
         port,
         b"GET http://me/ HTTP/1.1\r\nHost: me\r\nVia: 1.1 "
@@ -328,7 +330,7 @@ async def test_pipelined_requests_answered_in_order(
     assert targets == [b"/0", b"/1", b"/2", b"/3", b"/4", b"/last"]
 
 
-async def test_stale_pooled_connection_is_replaced(nursery: trio.Nursery) -> None:
+async def test_connection_close_from_upstream_is_not_pooled(nursery: trio.Nursery) -> None:
     async def close_after(seen: Seen, up: Upstream) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         # Answer, then close: the pooled connection is dead when reused.
         return 200, [(b"connection", b"close")] if seen.target == b"/bye" else [], b"ok"
@@ -359,10 +361,9 @@ async def test_client_disconnect_closes_upstream_promptly(nursery: trio.Nursery)
     with trio.fail_after(5):
         await app.request_arrived.wait()
     await stream.aclose()
-    start = trio.current_time()
+    # Every timeout in play is 30 s or more: only the disconnect itself can end it this soon.
     with trio.fail_after(1):
         await app.disconnected.wait()
-    assert trio.current_time() - start < 0.1
     assert sidecar.pools[0].idle_count() == 0
 
 

@@ -25,7 +25,7 @@ import pytest
 import trio
 import yaml
 
-from tests.etcd_server import EtcdServer
+from tests.etcd_server import EtcdServer, SwitchProxy
 from tests.servers import Upstream
 from trimesh.discovery._etcd_api import b64, prefix_end, unb64
 
@@ -139,15 +139,21 @@ def etcd_registry(server: EtcdServer, ttl: str = "2s") -> dict[str, Any]:
 def sidecar_config(
     service: str, app_port: int, registry: dict[str, Any], drain_timeout: str = "2s"
 ) -> dict[str, Any]:
+    listen = {
+        "outbound": "127.0.0.1:0",
+        "inbound": "127.0.0.1:0",
+        "admin": "127.0.0.1:0",
+        # (Almost) no accepting after deregistering: these tests time deregistration and exit.
+        "drain_delay": "1ms",
+        "drain_timeout": drain_timeout,
+    }
+    if registry["type"] in ("etcd", "servicecomb"):
+        # A network registry needs the address to advertise said outright; all on one machine here.
+        listen["advertise"] = "127.0.0.1"
     return {
         "service": {"name": service},
         "app": {"ports": {"rest": app_port}},
-        "listen": {
-            "outbound": "127.0.0.1:0",
-            "inbound": "127.0.0.1:0",
-            "admin": "127.0.0.1:0",
-            "drain_timeout": drain_timeout,
-        },
+        "listen": listen,
         "registry": registry,
         "observe": {"access_log": "off"},
     }
@@ -421,3 +427,40 @@ async def test_etcd_outage_serves_from_cache_then_recovers(
                 r = await shop.get("http://orders/b")
                 assert r.status_code == 200, (r.status_code, r.headers)
     assert [s.target for s in late_app.seen] == [b"/b", b"/b"]
+
+
+@pytest.mark.etcd
+async def test_hung_etcd_is_reported_and_registration_recovers(
+    fleet: Fleet, nursery: trio.Nursery, etcd: EtcdServer
+) -> None:
+    proxy = SwitchProxy(etcd.endpoint)
+    await nursery.start(proxy.serve)
+    registry = {**etcd_registry(etcd, ttl="2s"), "call_timeout": "300ms"}
+    registry["endpoints"] = [f"127.0.0.1:{proxy.port}"]
+    app = Upstream()
+    await nursery.start(app.serve)
+    p = await fleet.spawn("orders", sidecar_config("orders", app.port, registry))
+    await until(lambda: registered(p), "orders registered", fleet)
+
+    proxy.blackhole()  # etcd accepts connections and never answers
+
+    async def lost() -> dict[str, Any] | None:
+        mine: dict[str, Any] = (await admin(p, "/v1/registry"))["registration"]
+        return (
+            mine
+            if mine["last_error"] and not (mine["registered"] or mine["lease_current"])
+            else None
+        )
+
+    mine = await until(lost, "/v1/registry to report the hung registry", fleet)
+    assert "no answer within" in mine["last_error"], mine
+    assert (await admin(p, "/ready"))["registered"] is False
+
+    proxy.forward()
+
+    async def back() -> bool:
+        mine = (await admin(p, "/v1/registry"))["registration"]
+        return bool(mine["registered"] and mine["lease_current"] and mine["last_error"] is None)
+
+    await until(back, "registered again once etcd answers", fleet)
+    assert await etcd_instances(etcd, registry["prefix"]) == {"orders": [p.inbound]}

@@ -17,9 +17,12 @@ import trio
 from trimesh import __version__
 from trimesh.config import Config, ConfigError, load, registry_url
 from trimesh.config.load import merge
+from trimesh.observe.logsink import SinkHandler, flush_std_sinks, std_sink
 from trimesh.registry_cli import add_registry_commands, run_registry_command
 
 EXIT_CONFIG = 2
+# How long exit waits for queued log lines to reach stderr.
+LOG_FLUSH_TIMEOUT = 1.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -121,19 +124,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(config: Config) -> int:
     from trimesh.sidecar import Sidecar
 
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    _log_to_stderr(config.log_level)
     try:
         trio.run(_run, Sidecar(config))
     except (OSError, BaseExceptionGroup) as exc:
         cause = _os_error(exc)
         if cause is None:
             raise
+        flush_std_sinks(LOG_FLUSH_TIMEOUT)  # our log lines first, then this one
         print(f"trimesh: cannot start: {cause}", file=sys.stderr)
         return 1
+    finally:
+        # Bounded: a stderr pipe nobody reads must not keep the process alive.
+        flush_std_sinks(LOG_FLUSH_TIMEOUT)
     return 0
+
+
+def _log_to_stderr(level: str) -> None:
+    """The program log goes to stderr through a queue and a writer thread, never blocking.
+
+    The access log on stderr shares that queue (`std_sink`), see trimesh/observe/logsink.py.
+    """
+    handler = SinkHandler(std_sink("stderr"))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    logging.captureWarnings(True)  # else `warnings` would write to stderr directly
 
 
 def _os_error(exc: BaseException) -> OSError | None:

@@ -74,6 +74,37 @@ class NotImplementedFraming(ProxyError):
     close = True
 
 
+class VersionNotSupported(ProxyError):
+    """An HTTP version other than 1.0 and 1.1 (including the HTTP/2 preface)."""
+
+    kind = "version-not-supported"
+    status = 505
+    close = True
+
+
+class Misdirected(ProxyError):
+    """The request names a service that this inbound sidecar does not serve."""
+
+    kind = "misdirected"
+    status = 421
+    close = True
+
+
+class Forbidden(ProxyError):
+    """A target we refuse to reach (our own ports, link-local, not allowed)."""
+
+    kind = "forbidden"
+    status = 403
+
+
+class Overloaded(ProxyError):
+    """More connections than `limits.max_connections` on one listener."""
+
+    kind = "overloaded"
+    status = 503
+    close = True
+
+
 class ServiceNotFound(ProxyError):
     kind = "service-not-found"
     status = 502

@@ -21,30 +21,28 @@ from functools import partial
 import attrs
 import trio
 
-from trimesh.admin import AdminRoutes, serve_admin, version_body
+from trimesh.admin import AdminRoutes, AdminSettings, run_admin, version_body
 from trimesh.config.model import Address, Config
 from trimesh.discovery.cache import InstanceCache
-from trimesh.discovery.factory import build_registry, registration_for
+from trimesh.discovery.factory import build_registry, instance_filter, registration_for
 from trimesh.discovery.health import health_loop, health_target
 from trimesh.discovery.session import Discovery
 from trimesh.discovery.static import StaticRegistry
+from trimesh.errors import Overloaded
+from trimesh.http import stream as hs
+from trimesh.http import synthetic
+from trimesh.http.connection import Drain, ListenerContext, serve_connection
+from trimesh.http.exchange import Policy
 from trimesh.http.pool import UpstreamPool
-from trimesh.mesh.connection import Drain, ListenerContext, serve_connection
-from trimesh.mesh.exchange import ExchangeSettings
-from trimesh.mesh.inbound import InboundRouter
-from trimesh.mesh.outbound import OutboundRouter
-from trimesh.mesh.plan import Router
+from trimesh.http.route import Router
+from trimesh.inbound.router import InboundRouter
 from trimesh.observe.accesslog import AccessLog
+from trimesh.outbound.router import OutboundRouter
 
 log = logging.getLogger("trimesh.sidecar")
 # How long graceful shutdown waits for the registry to drop our instance.
 DEREGISTER_TIMEOUT = 5.0
-_OVERLOADED_BODY = b"trimesh: overloaded: too many connections on this listener\n"
-_OVERLOADED = (
-    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
-    b"x-trimesh-error: overloaded\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
-    % (len(_OVERLOADED_BODY), _OVERLOADED_BODY)
-)
+_OVERLOADED = synthetic.render(Overloaded("too many connections on this listener"))
 
 
 @attrs.frozen
@@ -90,24 +88,24 @@ class Sidecar:
         """Begin a graceful drain (idempotent)."""
         self._stop.set()
 
-    def _context(self, router: Router, pool: UpstreamPool, outbound: bool) -> ListenerContext:
+    def _context(self, router: Router, pool: UpstreamPool) -> ListenerContext:
         c = self.config
-        settings = ExchangeSettings(
+        policy = Policy(
             connect_timeout=c.upstream.connect_timeout,
             response_timeout=c.upstream.response_timeout,
             body_idle_timeout=c.limits.body_idle_timeout,
             via_token=router.via_token,
+            max_response_head=c.limits.max_response_header_bytes,
+            allow_underscores=c.limits.allow_underscores,
             draining=lambda: self.drain.draining,
         )
         return ListenerContext(
             router=router,
             limits=c.limits,
-            exchange=settings,
+            policy=policy,
             pool=pool,
             access_log=self.access_log,
             drain=self.drain,
-            cache=self.cache if outbound else None,
-            discovery=self.discovery if outbound else None,
         )
 
     async def run(
@@ -119,9 +117,21 @@ class Sidecar:
         """Serve until `shutdown()` (or SIGTERM/SIGINT when `signals`), then drain."""
         c = self.config
         outbound = OutboundRouter(
-            self.cache, via_token=self.via_token("outbound"), source_service=c.service.name
+            self.cache,
+            via_token=self.via_token("outbound"),
+            source_service=c.service.name,
+            discovery=self.discovery,
+            resolve_timeout=c.upstream.connect_timeout,
+            allow_underscores=c.limits.allow_underscores,
         )
-        inbound = InboundRouter(c.app, via_token=self.via_token("inbound"), service=c.service.name)
+        own_hosts = [h for h in (c.listen.advertise, c.listen.inbound[0]) if h]
+        inbound = InboundRouter(
+            c.app,
+            via_token=self.via_token("inbound"),
+            service=c.service.name,
+            own_hosts=own_hosts,
+            allow_underscores=c.limits.allow_underscores,
+        )
         try:
             async with trio.open_nursery() as root:
                 if signals:
@@ -131,23 +141,37 @@ class Sidecar:
                 if self.access_log.enabled:
                     root.start_soon(self.access_log.flusher)
                 await root.start(self.discovery.run)
-                admin = await root.start(self._serve_admin, c.listen.admin)
+                admin = await root.start(
+                    run_admin,
+                    c.listen.admin,
+                    self.admin_routes(),
+                    AdminSettings(
+                        header_timeout=c.limits.header_timeout,
+                        write_timeout=c.limits.header_timeout,
+                        max_connections=c.limits.admin_max_connections,
+                        via_tokens=(self.via_token("outbound"), self.via_token("inbound")),
+                    ),
+                )
                 async with trio.open_nursery() as handlers:
                     async with trio.open_nursery() as listeners:
                         out_addr = await listeners.start(
                             self._serve,
                             c.listen.outbound,
                             handlers,
-                            self._context(outbound, self.pools[0], True),
+                            self._context(outbound, self.pools[0]),
                         )
                         in_addr = await listeners.start(
                             self._serve,
                             c.listen.inbound,
                             handlers,
-                            self._context(inbound, self.pools[1], False),
+                            self._context(inbound, self.pools[1]),
                         )
                         self.bound = Bound(out_addr, in_addr, admin)
-                        self.discovery.register_self(registration_for(c, in_addr))
+                        me = registration_for(c, in_addr)
+                        # Registry rows may never point us at our own ports or link-local.
+                        own = (out_addr, admin)
+                        self.cache.set_filter(instance_filter(c.registry, own, advertised=me.host))
+                        self.discovery.register_self(me)
                         target = health_target(c.app)
                         if c.app.health is not None and target is not None:
                             root.start_soon(health_loop, c.app.health, *target, self.discovery)
@@ -160,24 +184,39 @@ class Sidecar:
                         )
                         task_status.started(self.bound)
                         await self._stop.wait()
-                        with trio.move_on_after(DEREGISTER_TIMEOUT):
-                            await self.discovery.deregister()
+                        await self._drain_delay(root)
                         listeners.cancel_scope.cancel()
                     log.info(
-                        "draining: listeners closed, %d s for in-flight requests",
+                        "draining: listeners closed, %g s for in-flight requests",
                         c.listen.drain_timeout,
                     )
-                    self.drain.begin()
                     handlers.cancel_scope.deadline = trio.current_time() + c.listen.drain_timeout
                 root.cancel_scope.cancel()
         finally:
-            self.access_log.flush()
+            with trio.move_on_after(1, shield=True):
+                await self.access_log.aclose()
             for pool in self.pools:
                 pool.close_all()
                 await pool.reap()
             with trio.move_on_after(2, shield=True):
                 await self.registry.aclose()
         log.info("stopped")
+
+    async def _drain_delay(self, root: trio.Nursery) -> None:
+        """Deregister at once; keep accepting (answering `Connection: close`) a while.
+
+        The app gets SIGTERM at the same moment and may still make its last
+        calls; consumers may still race our deregistration.
+        """
+        self.drain.begin()
+        root.start_soon(self._deregister)
+        delay = self.config.listen.drain_delay
+        log.info("draining: deregistering; still accepting for %g s", delay)
+        await trio.sleep(delay)
+
+    async def _deregister(self) -> None:
+        with trio.move_on_after(DEREGISTER_TIMEOUT):
+            await self.discovery.deregister()
 
     async def _serve(
         self,
@@ -202,19 +241,11 @@ class Sidecar:
             finally:
                 active -= 1
 
-        bound = listeners[0].socket.getsockname()
         await _serve_listeners(
-            handle, listeners, handlers, partial(task_status.started, (bound[0], bound[1]))
-        )
-
-    async def _serve_admin(self, addr: Address, *, task_status: trio.TaskStatus[Address]) -> None:
-        routes = self.admin_routes()
-        listeners = await trio.open_tcp_listeners(addr[1], host=addr[0])
-        bound = listeners[0].socket.getsockname()
-        task_status.started((bound[0], bound[1]))
-        header_timeout = self.config.limits.header_timeout
-        await trio.serve_listeners(
-            partial(serve_admin, routes=routes, header_timeout=header_timeout), listeners
+            handle,
+            listeners,
+            handlers,
+            partial(task_status.started, hs.local_address(listeners[0])),
         )
 
     def admin_routes(self) -> AdminRoutes:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
@@ -366,6 +367,79 @@ def test_watch_view_applies_events_and_progress() -> None:
     assert view.snapshot() == () and view.revision == 6
     assert view.apply({"header": {"revision": "12"}}) is False  # progress notification
     assert view.revision == 12
+
+
+GOOD = {"service": "s", "host": "h", "port": 1, "instance_id": "i1"}
+
+
+@pytest.mark.parametrize(
+    ("kv", "why"),
+    [
+        (_kv(b"/p/i2", b"not json", 5), "Expecting value"),
+        (_kv(b"/p/i2", [1, 2], 5), "the document is not an object"),
+        (_kv(b"/p/i2", {**GOOD, "metadata": ["zone"]}, 5), "metadata is not an object"),
+        (_kv(b"/p/i2", {**GOOD, "port": True}, 5), "bad port"),
+        (_kv(b"/p/i2", {**GOOD, "port": "80"}, 5), "bad port"),
+        (_kv(b"/p/i2", {**GOOD, "host": 7}, 5), "must be non-empty strings"),
+        (_kv(b"/p/i2", {**GOOD, "status": "MAYBE"}, 5), "bad status"),
+        (_kv(b"/p/i2", {"service": "s", "port": 1}, 5), "'host'"),
+        ({"key": b64(b"/p/i2"), "value": 7}, "not a base64 string"),
+        ({"key": 7, "value": b64(b"{}")}, "malformed key-value"),
+        ({"value": b64(b"{}")}, "malformed key-value"),
+        ("not an object", "malformed key-value"),
+    ],
+)
+def test_watch_view_skips_malformed_rows_with_a_warning(
+    kv: object, why: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    view = WatchView(revision=3)
+    view.put(_kv(b"/p/i1", GOOD, 4))
+    with caplog.at_level(logging.WARNING, "trimesh.discovery.etcd"):
+        assert view.apply({"events": [{"kv": kv}]})
+    assert [i.instance_id for i in view.snapshot()] == ["i1"]
+    assert why in caplog.text
+    assert [(r.levelno, r.exc_info) for r in caplog.records] == [(logging.WARNING, None)]
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        {"events": "not a list"},
+        {"events": [7, None, "x"]},
+        {"events": [{"type": "DELETE", "kv": {"key": 5}}]},
+        {"events": [{"kv": {**_kv(b"/p/i9", GOOD, 0), "mod_revision": {"x": 1}}}]},
+        {"header": "not an object"},
+        {"header": {"revision": "not a number"}},
+    ],
+)
+def test_watch_view_survives_malformed_watch_answers(result: dict[str, object]) -> None:
+    view = WatchView(revision=3)
+    view.apply(result)
+    assert view.revision == 3
+
+
+async def test_malformed_rows_are_skipped_by_list_and_watch(
+    registry: EtcdRegistry, etcd: EtcdServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    def put_raw(name: str, doc: object) -> None:
+        key = registry._service_prefix(ServiceKey("orders")) + name.encode()
+        etcd.post("/v3/kv/put", {"key": b64(key), "value": b64(json.dumps(doc).encode())})
+
+    bad = {"service": "orders", "host": "10.0.0.9", "port": 1, "metadata": "zone=a"}
+    put_raw("bad-1", bad)
+    await registry.register(me(8080))
+    with caplog.at_level(logging.WARNING, "trimesh.discovery.etcd"):
+        assert ports(await registry.instances(ServiceKey("orders"))) == [8080]
+        snapshots = Snapshots()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(registry.watch, ServiceKey("orders"), snapshots)
+            await snapshots.until(lambda s: ports(s) == [8080])
+            put_raw("bad-2", ["not", "an", "instance"])
+            await registry.register(me(8081))  # the watch goes on past the bad row
+            await snapshots.until(lambda s: ports(s) == [8080, 8081])
+            nursery.cancel_scope.cancel()
+    assert "bad-1" in caplog.text and "bad-2" in caplog.text
+    assert all(r.levelno == logging.WARNING and not r.exc_info for r in caplog.records)
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 import socket
 from typing import Any
@@ -14,9 +16,12 @@ from tests.discovery.watcher import Watcher
 from tests.sc_double import Seen, ServiceCenterDouble
 from trimesh.discovery import servicecomb
 from trimesh.discovery._servicecomb_wire import (
+    _Watch,
     error_of,
+    field,
     instance_body,
     instance_from_json,
+    instances_from,
     parse_endpoint,
     split_id,
 )
@@ -115,10 +120,59 @@ def test_instance_from_json_picks_the_rest_endpoint() -> None:
     }
     found = instance_from_json(data, ORDERS, "production")
     assert found == Instance(
-        "orders", "s1/i1", "10.0.0.1", 8080, "default", "1.2.0", "production", "DOWN"
-    )
-    assert found is not None and found.tags == {"zone": "a"}
+        "orders", "s1/i1", "10.0.0.1", 8080, "default", "1.2.0", "production", "DOWN",
+        tags={"zone": "a"},
+    )  # fmt: skip
     assert instance_from_json({**data, "endpoints": []}, ORDERS, "") is None
+
+
+ROW = {"serviceId": "s1", "instanceId": "i1", "endpoints": ["rest://10.0.0.1:8080"]}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        "not an object",
+        ["a", "list"],
+        {**ROW, "endpoints": "rest://10.0.0.1:8080"},
+        {**ROW, "properties": ["zone"]},
+        {**ROW, "serviceId": 5},
+        {**ROW, "instanceId": {"id": 1}},
+    ],
+)
+def test_malformed_instances_are_skipped_with_a_warning(
+    data: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, "trimesh.discovery"):
+        assert instance_from_json(data, ORDERS, "") is None
+        assert instances_from([data, ROW], ORDERS, "")[0].instance_id == "s1/i1"
+    assert "ignoring a malformed instance" in caplog.text
+    assert all(r.levelno == logging.WARNING and not r.exc_info for r in caplog.records)
+
+
+def test_answers_of_the_wrong_shape_are_unavailable() -> None:
+    assert instances_from(None, ORDERS, "") == ()  # Service Center omits an empty list
+    with pytest.raises(RegistryUnavailable, match="not a list"):
+        instances_from({"a": 1}, ORDERS, "")
+    assert field({"serviceId": "s1"}, "serviceId") == "s1"
+    for answer in ({}, {"serviceId": 5}, {"serviceId": ""}):
+        with pytest.raises(RegistryUnavailable, match="no serviceId"):
+            field(answer, "serviceId")
+
+
+def test_malformed_watch_events_are_skipped_or_found_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    watch = _Watch(ORDERS, lambda snapshot: None)
+    key = {"appId": "default", "serviceName": "orders"}
+    with caplog.at_level(logging.WARNING, "trimesh.discovery"):
+        assert watch.apply('{"action": "CREATE", "key": "orders"}', "")
+        assert not watch.apply(json.dumps({"action": "CREATE", "key": key, "instance": 7}), "")
+        event = {"action": "CREATE", "key": key, "instance": {**ROW, "properties": "x"}}
+        assert watch.apply(json.dumps(event), "")
+    assert watch.current == {}
+    assert caplog.text.count("WARNING") == 3
+    assert all(not r.exc_info for r in caplog.records)
 
 
 def test_instance_body_health_check_covers_the_lease() -> None:
@@ -418,6 +472,25 @@ async def test_watch_sees_a_provider_that_did_not_exist_at_the_first_find(
         await watcher.wait_for(lambda s: s == [])
         first = await provider.register(orders())
         await watcher.wait_for(lambda s: [i.instance_id for i in s] == [first])
+
+
+async def test_a_malformed_instance_is_skipped_by_find_and_watch(
+    sc: SC, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    provider, consumer, watcher = sc.registry(), sc.registry(), Watcher()
+    good = await provider.register(orders())
+    bad = await provider.register(orders(port=8081))
+    sc.double.leases[split_id(bad)].body["properties"] = ["not", "an", "object"]
+    await consumer.register(web())
+    with caplog.at_level(logging.WARNING, "trimesh.discovery"), trio.fail_after(TIMEOUT):
+        assert [i.instance_id for i in await consumer.instances(ORDERS)] == [good]
+        nursery.start_soon(consumer.watch, ORDERS, watcher)
+        await watcher.wait_for(lambda s: [i.instance_id for i in s] == [good])
+        await provider.set_status(bad, "DOWN")  # an UPDATE event carrying the bad row
+        third = await provider.register(orders(port=8082))
+        await watcher.wait_for(lambda s: {i.instance_id for i in s} == {good, third})
+    assert caplog.text.count("ignoring a malformed instance") >= 2
+    assert all(r.levelno == logging.WARNING and not r.exc_info for r in caplog.records)
 
 
 async def test_watch_refused_for_an_unknown_consumer(sc: SC) -> None:

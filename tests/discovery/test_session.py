@@ -45,7 +45,7 @@ ORDERS_2 = Instance("orders", "orders-2", "10.0.0.2", 8080)
 class FakeRegistry:
     """An in-memory `Registry` on trio time with switchable outages (no threads).
 
-    Records every call as (operation, trio time), failed ones included.
+    Records every call as (operation, trio time it started), failed and hung ones included.
     """
 
     def __init__(self) -> None:
@@ -142,8 +142,8 @@ class FakeRegistry:
         return None
 
     async def _enter(self, op: str) -> None:
-        await trio.sleep(self.latency)
         self.calls.append((op, trio.current_time()))
+        await trio.sleep(self.latency)
         if self.down:
             raise RegistryUnavailable(f"{op}: fake registry is down")
 
@@ -270,6 +270,95 @@ async def test_lease_expired_registers_again_at_once(
         assert fake.ops(t0) == [("register", 0), ("heartbeat", 10), ("register", 10)]
         assert discovery.registered
         assert discovery.instance_id not in (None, first)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_hung_heartbeat_times_out_is_reported_and_registration_recovers(
+    fake: FakeRegistry, autojump_clock: trio.testing.MockClock
+) -> None:
+    discovery = Discovery(fake, InstanceCache(), ME, app="default", call_timeout=5.0)
+    async with trio.open_nursery() as nursery:
+        t0 = await start(nursery, discovery)
+        first = discovery.instance_id
+        fake.latency = math.inf  # accepts every call, answers none
+        await trio.sleep_until(t0 + 14.9)
+        assert discovery.last_error is None  # the heartbeat at 10 s is still in its deadline
+        await trio.sleep_until(t0 + 15.1)
+        assert discovery.last_error == "keep registered: heartbeat: no answer within 5 s"
+        state = discovery.state()["registration"]
+        assert (state["registered"], state["lease_current"]) == (True, True)
+
+        # A whole lease without a successful heartbeat: the registry may have
+        # dropped us, so we stop heartbeating and register instead.
+        await trio.sleep_until(t0 + 45)
+        state = discovery.state()["registration"]
+        assert (state["registered"], state["lease_current"]) == (False, False)
+        assert "no answer within" in state["last_error"]
+        after_lapse = [op for op, t in fake.ops(t0) if t > 31]
+        assert after_lapse and set(after_lapse) == {"register"}
+
+        fake.latency = 0.0  # the registry heals
+        await trio.sleep(11)  # at most one capped backoff
+        assert discovery.registered and discovery.lease_current
+        assert discovery.instance_id not in (None, first)
+        assert discovery.state()["registration"]["last_error"] is None
+        assert [i.instance_id for i in fake.snapshot(ServiceKey("me"))] == [discovery.instance_id]
+        nursery.cancel_scope.cancel()
+
+
+async def test_heartbeat_deadline_is_at_most_a_third_of_the_lease(
+    fake: FakeRegistry, autojump_clock: trio.testing.MockClock
+) -> None:
+    me = attrs.evolve(ME, heartbeat_interval=10.0, lease_ttl=12.0)
+    discovery = Discovery(fake, InstanceCache(), me, app="default", call_timeout=5.0)
+    async with trio.open_nursery() as nursery:
+        t0 = await start(nursery, discovery)
+        fake.latency = math.inf
+        await trio.sleep_until(t0 + 13.9)
+        assert discovery.last_error is None
+        await trio.sleep_until(t0 + 14.1)  # heartbeat at 10 s + 12 / 3
+        assert discovery.last_error == "keep registered: heartbeat: no answer within 4 s"
+        nursery.cancel_scope.cancel()
+
+
+async def test_failing_heartbeats_past_the_lease_register_again(
+    fake: FakeRegistry, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The registry fails every call without ever saying LeaseExpired.
+    discovery = Discovery(fake, InstanceCache(), ME, app="default")
+    async with trio.open_nursery() as nursery:
+        t0 = await start(nursery, discovery)
+        fake.set_down(True)
+        await trio.sleep_until(t0 + 29.9)
+        assert discovery.registered
+        await trio.sleep_until(t0 + 45)
+        assert not discovery.registered
+        ops = fake.ops(t0)
+        assert {op for op, t in ops if 0 < t < 30} == {"heartbeat"}
+        assert {op for op, t in ops if t >= 30} == {"register"}
+        nursery.cancel_scope.cancel()
+
+
+async def test_every_other_registry_call_has_the_call_deadline(
+    fake: FakeRegistry, autojump_clock: trio.testing.MockClock
+) -> None:
+    discovery = Discovery(fake, InstanceCache(), ME, app="default", call_timeout=2.0)
+    async with trio.open_nursery() as nursery:
+        await start(nursery, discovery)
+        fake.latency = math.inf
+        before = trio.current_time()
+        with pytest.raises(RegistryUnavailable, match=r"^no answer within 2 s$"):
+            await discovery.resolve("orders")
+        await discovery.set_status("DOWN")
+        assert discovery.last_error == "set status DOWN: no answer within 2 s"
+        discovery.ensure_watched("orders")
+        await trio.sleep(2.5)
+        error = discovery.state()["services"]["orders"]["watch_error"]
+        assert error == "no first answer within 2 s"
+        await discovery.deregister()
+        assert discovery.last_error == "deregister: no answer within 2 s"
+        assert trio.current_time() - before == pytest.approx(2 + 2 + 2.5 + 2)
+        assert fake.watch_starts["orders"] >= 2  # restarted after a backoff
         nursery.cancel_scope.cancel()
 
 
@@ -507,7 +596,7 @@ async def test_resolve_raises_when_unavailable_and_survives_a_cancelled_peer(
     assert cache.lookup("orders") is None
 
     fake.set_down(False)
-    fake.latency = 5
+    fake.latency = 3  # slower than the impatient caller, within the call timeout
 
     async def impatient() -> None:
         with trio.move_on_after(1):
@@ -538,6 +627,7 @@ async def test_state_shows_registration_and_cached_instances(
             "instance_id": discovery.instance_id,
             "endpoint": "rest://127.0.0.1:30103",
             "registered": True,
+            "lease_current": True,
             "status": "UP",
             "last_heartbeat_age": 3.0,
             "last_error": None,
@@ -620,7 +710,9 @@ def test_build_registry_for_every_type(tmp_path: Path) -> None:
     from trimesh.discovery.static import StaticRegistry
 
     def build(**registry: object) -> object:
-        return build_registry(load(None, {"registry": registry}, env={}).registry, app="shop")
+        # A network registry needs an address other machines can reach.
+        raw = {"registry": registry, "listen": {"advertise": "127.0.0.1"}}
+        return build_registry(load(None, raw, env={}).registry, app="shop")
 
     static = build(type="static", services={"orders": ["10.0.0.1:80"]})
     assert isinstance(static, StaticRegistry)

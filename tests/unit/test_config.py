@@ -68,6 +68,38 @@ def test_problems_are_named_by_key_path(raw: dict[str, Any], problem: str) -> No
     assert any(p.startswith(problem) for p in info.value.problems), info.value.problems
 
 
+@pytest.mark.parametrize("registry", ["etcd", "servicecomb"])
+@pytest.mark.parametrize("inbound", ["127.0.0.1:30103", "0.0.0.0:30103", "[::]:30103", "[::1]:1"])
+def test_network_registry_needs_advertise_for_a_local_inbound(registry: str, inbound: str) -> None:
+    raw: dict[str, Any] = {
+        "registry": {"type": registry, "endpoints": "10.0.0.1:2379"},
+        "listen": {"inbound": inbound},
+    }
+    with pytest.raises(ConfigError) as info:
+        build(raw)
+    [problem] = info.value.problems
+    assert problem.startswith(f"listen.advertise: required with registry type {registry} when")
+    # An explicit advertise is honoured, loopback included (one machine, tests).
+    for advertise in ("10.0.0.5", "127.0.0.1"):
+        raw["listen"] = {"inbound": inbound, "advertise": advertise}
+        assert build(raw).listen.advertise == advertise
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {
+            "registry": {"type": "etcd", "endpoints": "10.0.0.1:2379"},
+            "listen": {"inbound": "10.0.0.5:1"},
+        },
+        {"registry": {"type": "local"}, "listen": {"inbound": "127.0.0.1:1"}},
+        {"registry": {"type": "static"}, "listen": {"inbound": "0.0.0.0:1"}},
+    ],
+)
+def test_advertise_is_not_needed_otherwise(raw: dict[str, Any]) -> None:
+    assert build(raw).listen.advertise is None
+
+
 def test_every_problem_is_reported_at_once() -> None:
     with pytest.raises(ConfigError) as info:
         build({"limits": {"header_timeout": "x", "max_headers": "y"}, "bogus": 1})
@@ -82,6 +114,7 @@ def test_mesher_environment_variables() -> None:
         "ENVIRONMENT": "production",
         "SERVICE_PORTS": "rest:8080",
         "PAAS_CSE_SC_ENDPOINT": "http://10.0.0.1:30100",
+        "TRIMESH_LISTEN_ADVERTISE": "10.0.0.5",
     }
     config = build(from_env(env))
     assert (config.service.name, config.service.app, config.service.version) == (
@@ -93,6 +126,7 @@ def test_mesher_environment_variables() -> None:
     assert config.app.ports == {"rest": 8080}
     assert config.registry.type == "servicecomb"
     assert config.registry.endpoints == (("10.0.0.1", 30100),)
+    assert config.listen.advertise == "10.0.0.5"
 
 
 def test_specific_addr_sets_the_app_address() -> None:

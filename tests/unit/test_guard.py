@@ -6,6 +6,7 @@ import itertools
 import time
 from pathlib import Path
 
+import h11
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,6 +20,7 @@ from trimesh.errors import (
     NotImplementedFraming,
     ProxyError,
     UriTooLong,
+    VersionNotSupported,
 )
 from trimesh.http.guard import MAX_CHUNK_LINE, NO_BODY, Framing, RequestGuard, vet_head
 
@@ -49,11 +51,19 @@ def head(*lines: bytes, start: bytes = b"POST /a HTTP/1.1") -> bytes:
         (head(start=b"GET /" + b"a" * (LIMITS.max_request_line - 14) + b" HTTP/1.1"), NO_BODY),
         (head(*(b"X-%d: 1" % i for i in range(LIMITS.max_headers))), NO_BODY),
         (head(b"Host: a:1", b"Content-Length: 0", start=b"CONNECT a:1 HTTP/1.1"), NO_BODY),
+        # Only exact names frame: the underscore twin is a plain field (dropped later).
+        (head(b"Host: a", b"Transfer_Encoding: chunked", b"Content-Length: 2"), Framing(2, False)),
+        (head(b"Host: a", b"Content_Length: 5"), NO_BODY),
+        (head(b"Host: a", b"X-A: tab\there", b"X-B: caf\xc3\xa9 \xff"), NO_BODY),
+        (head(b"Host: a:80", b"X-Host: a,b"), NO_BODY),
+        (head(start=b"GET / HTTP/1.0"), NO_BODY),
     ],
     ids=[
         "no-body", "cl-0", "cl", "cl-ows-leading-zeros", "cl-max", "chunked",
         "chunked-any-case", "chunked-absolute-form", "cl-on-http10", "request-line-at-limit",
-        "headers-at-limit", "connect-length-0",
+        "headers-at-limit", "connect-length-0", "underscore-te-is-not-framing",
+        "underscore-cl-is-not-framing", "htab-and-obs-text-in-values", "host-with-port",
+        "http10-without-host",
     ],
 )  # fmt: skip
 def test_vet_head_framing(data: bytes, framing: Framing) -> None:
@@ -66,7 +76,7 @@ def test_vet_head_framing(data: bytes, framing: Framing) -> None:
         (head(b"Content-Length: 1", CHUNKED), BadRequest),
         (head(CHUNKED, b"Content-Length: 1"), BadRequest),
         (head(CHUNKED, start=b"POST / HTTP/1.0"), BadRequest),
-        (head(CHUNKED, start=b"POST / HTTP/0.9"), BadRequest),
+        (head(CHUNKED, start=b"POST / HTTP/0.9"), VersionNotSupported),
         (head(b"X: 1", b" fold"), BadRequest),
         (head(b"X: 1", b"\tfold"), BadRequest),
         (head(b"Transfer-Encoding:", b" chunked"), BadRequest),
@@ -108,6 +118,84 @@ def test_vet_head_framing(data: bytes, framing: Framing) -> None:
 def test_vet_head_rejects(data: bytes, error: type[ProxyError]) -> None:
     with pytest.raises(error):
         vet_head(data, LIMITS)
+
+
+CONTROLS = [bytes([c]) for c in [*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F]]
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (head(b"Host: a", start=b"GET / HTTP/1.2"), VersionNotSupported),
+        (head(b"Host: a", start=b"GET / HTTP/2.0"), VersionNotSupported),
+        (head(b"Host: a", start=b"GET / HTTP/3.0"), VersionNotSupported),
+        (head(b"Host: a", start=b"GET / HTTP/0.9"), VersionNotSupported),
+        (head(b"Host: a", start=b"GET / HTTP/2"), VersionNotSupported),
+        (head(b"Host: a", start=b"GET / HTTP/1.10"), VersionNotSupported),
+        (b"PRI * HTTP/2.0\r\n\r\n", VersionNotSupported),
+        (head(b"Host: a", start=b"GET / http/1.1"), BadRequest),
+        (head(b"Host: a", start=b"GET / HTTP/1.1x"), BadRequest),
+        (head(b"Host: a", start=b"GET /"), BadRequest),
+        (head(b"Host: a", start=b"GET / HTTP/1.1 "), BadRequest),
+        (head(b"Host: a", b"Host: a"), BadRequest),
+        (head(b"Host: a", b"host: b"), BadRequest),
+        (head(b"Host: a,b"), BadRequest),
+        (head(b"Host: a, a"), BadRequest),
+        (head(b"Host: ,"), BadRequest),
+        (head(b"Host: a", start=b"GET /\x7f HTTP/1.1"), BadRequest),
+    ],
+    ids=[
+        "http-1.2", "http-2.0", "http-3.0", "http-0.9", "http-2", "http-1.10", "h2-preface",
+        "version-lowercase", "version-suffix", "no-version", "version-trailing-space",
+        "two-hosts", "two-hosts-any-case", "host-list", "host-list-same", "host-comma",
+        "del-in-target",
+    ],
+)  # fmt: skip
+def test_vet_head_rejects_versions_hosts_and_controls(data: bytes, error: type[ProxyError]) -> None:
+    with pytest.raises(error):
+        vet_head(data, LIMITS)
+
+
+@pytest.mark.parametrize("char", CONTROLS, ids=lambda c: f"0x{c[0]:02x}")
+@pytest.mark.parametrize("where", ["value", "value-end", "name"])
+def test_control_characters_in_the_head_are_400(char: bytes, where: str) -> None:
+    line = {"value": b"X-A: a%sb", "value-end": b"X-A: ab%s", "name": b"X-%sA: 1"}[where]
+    with pytest.raises(BadRequest):
+        vet_head(head(b"Host: a", line % char), LIMITS)
+
+
+@pytest.mark.parametrize("char", CONTROLS, ids=lambda c: f"0x{c[0]:02x}")
+def test_h11_alone_refuses_only_nul_vt_and_ff_in_values(char: bytes) -> None:
+    """Why the guard checks: the rest would reach a backend through h11."""
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(head(b"Host: a", b"X-A: a%sb" % char, start=b"GET / HTTP/1.1"))
+    if char in (b"\x00", b"\x0b", b"\x0c"):
+        with pytest.raises(h11.RemoteProtocolError):
+            conn.next_event()
+    else:
+        assert isinstance(conn.next_event(), h11.Request)
+
+
+@pytest.mark.parametrize("char", CONTROLS, ids=lambda c: f"0x{c[0]:02x}")
+def test_control_characters_in_trailers_are_400(char: bytes) -> None:
+    guard = RequestGuard(LIMITS)
+    guard.feed(head(b"Host: a", CHUNKED) + b"0\r\nX-T: a%sb\r\n\r\n" % char)
+    with pytest.raises(BadRequest, match="control character"):
+        pull_all(guard)
+
+
+def test_version_verdict_waits_for_the_head_and_keeps_the_earlier_checks_first() -> None:
+    """Same order whole or split: a bare LF (seen early) outranks the version."""
+    guard = RequestGuard(LIMITS)
+    guard.feed(b"GET / HTTP/2.0\r\nHost: a\r\n")
+    assert guard.pull() is None
+    guard.feed(b"\r\n")
+    with pytest.raises(VersionNotSupported):
+        guard.pull()
+    data = b"GET / HTTP/2.0\r\nX: 1\n\n"
+    for pieces_ in ([data], [data[i : i + 1] for i in range(len(data))]):
+        with pytest.raises(BadRequest):
+            feed_pieces(pieces_)
 
 
 def test_content_length_over_max_body_is_413() -> None:
@@ -369,6 +457,8 @@ PARTS = [
     b"Host: o", b"Content-Length: 3", b"Content-Length: 0", CHUNKED, b"Transfer-Encoding: Chunked",
     b"Connection: close", b"Upgrade: x", b"X: y", b" fold", b"\r\n", b"\n", b"\r", b"abc",
     b"3\r\nabc\r\n", b"0\r\n", b"0\r\n\r\n", b"X-T: 1\r\n", b"ff;e=1\r\n", b":", b" ", b"\x00",
+    b"GET http://o/ HTTP/1.2", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"HTTP/2.0", b"Host: a,b",
+    b"Transfer_Encoding: chunked", b"\x01", b"\x7f", b"\t",
 ]  # fmt: skip
 
 

@@ -5,8 +5,10 @@ base64, 64-bit integers are JSON strings, and zero/false fields are omitted.
 A streamed RPC (watch, lease keepalive) answers with one JSON object per
 line, each wrapped as ``{"result": ...}`` or ``{"error": ...}``.
 
-Error handling: connect failures, resets, 5xx answers and malformed bodies
-raise `RegistryUnavailable` after every endpoint was tried; an answer etcd
+Error handling: connect failures, resets, 5xx answers, malformed bodies and
+attempts that use up their share of the caller's deadline move on to the next
+endpoint (`trimesh.discovery._failover`), and raise `RegistryUnavailable`
+once every endpoint was tried; an answer etcd
 gives on purpose (a 4xx such as "lease not found") raises `EtcdError`, a
 `RegistryUnavailable` that carries the gRPC code. Resource handling: one
 connection per call (see `trimesh.http.client`), closed before return.
@@ -21,6 +23,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, TypeVar
 
+from trimesh.discovery._failover import EndpointOrder, first_answer
 from trimesh.discovery.base import RegistryUnavailable
 from trimesh.http import client
 from trimesh.http.client import HTTPClientError
@@ -158,14 +161,12 @@ class EtcdGateway:
     ) -> None:
         if not endpoints:
             raise ValueError("at least one etcd endpoint is required")
-        self._endpoints = list(endpoints)
-        self._current = 0
+        self._order = EndpointOrder(endpoints)
         self._credentials = (username, password or "") if username is not None else None
         self._token: str | None = None
 
     def __repr__(self) -> str:
-        host, port = self._endpoints[self._current]
-        return f"<EtcdGateway current={host}:{port} of {len(self._endpoints)}>"
+        return f"<EtcdGateway {self._order!r}>"
 
     def forget_token(self) -> None:
         """Drop the auth token so the next call authenticates again."""
@@ -204,44 +205,32 @@ class EtcdGateway:
     async def _open(
         self, outer: AsyncExitStack, path: str, body: JsonObject, headers: Mapping[str, str]
     ) -> client.StreamingResponse:
-        last: Exception | None = None
-        for index in self._endpoint_order():
-            host, port = self._endpoints[index]
-            try:
-                async with AsyncExitStack() as attempt:
-                    resp = await attempt.enter_async_context(
-                        client.stream("POST", host, port, path, headers=headers, body=_encode(body))
-                    )
-                    if resp.status != 200:
-                        _raise_for_status(resp.status, await _read_error(resp))
-                    outer.push_async_exit(attempt.pop_all())
-                    self._current = index
-                    return resp
-            except (HTTPClientError, _ServerError) as exc:
-                log.debug("etcd %s:%s: POST %s failed: %s", host, port, path, exc)
-                last = exc
-        raise RegistryUnavailable(f"no etcd endpoint answered {path}: {last}") from last
+        async def attempt(endpoint: tuple[str, int]) -> client.StreamingResponse:
+            async with AsyncExitStack() as opening:
+                resp = await opening.enter_async_context(
+                    client.stream("POST", *endpoint, path, headers=headers, body=_encode(body))
+                )
+                if resp.status != 200:
+                    _raise_for_status(resp.status, await _read_error(resp))
+                outer.push_async_exit(opening.pop_all())  # the caller closes it from now on
+                return resp
+
+        return await first_answer(self._order, attempt, retry_on=_RETRY, what=f"etcd {path}")
 
     async def _call_once(
         self, path: str, body: JsonObject, headers: Mapping[str, str]
     ) -> JsonObject:
-        last: Exception | None = None
-        for index in self._endpoint_order():
-            host, port = self._endpoints[index]
-            try:
-                resp = await client.request(
-                    "POST", host, port, path, headers=headers, body=_encode(body)
-                )
-                _raise_for_status(resp.status, resp.body)
-                answer = json.loads(resp.body) if resp.body else {}
-                if not isinstance(answer, dict):
-                    raise ValueError("answer is not a JSON object")
-                self._current = index
-                return answer
-            except (HTTPClientError, _ServerError, ValueError) as exc:
-                log.debug("etcd %s:%s: POST %s failed: %s", host, port, path, exc)
-                last = exc
-        raise RegistryUnavailable(f"no etcd endpoint answered {path}: {last}") from last
+        async def attempt(endpoint: tuple[str, int]) -> JsonObject:
+            resp = await client.request(
+                "POST", *endpoint, path, headers=headers, body=_encode(body)
+            )
+            _raise_for_status(resp.status, resp.body)
+            answer = json.loads(resp.body) if resp.body else {}
+            if not isinstance(answer, dict):
+                raise ValueError("answer is not a JSON object")
+            return answer
+
+        return await first_answer(self._order, attempt, retry_on=_RETRY, what=f"etcd {path}")
 
     async def _auth_headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json"}
@@ -256,13 +245,13 @@ class EtcdGateway:
             headers["authorization"] = self._token
         return headers
 
-    def _endpoint_order(self) -> list[int]:
-        count = len(self._endpoints)
-        return [(self._current + step) % count for step in range(count)]
-
 
 class _ServerError(Exception):
     """A 5xx answer: this endpoint cannot serve now, another one may."""
+
+
+# What makes the next endpoint worth trying; a 4xx (`EtcdError`) is etcd's answer.
+_RETRY = (HTTPClientError, _ServerError, ValueError)
 
 
 def _encode(body: JsonObject) -> bytes:

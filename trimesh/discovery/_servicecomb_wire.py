@@ -1,12 +1,15 @@
 """Service Center's wire shapes: error codes, instance documents, endpoints. Sans-IO.
 
 Split from `servicecomb.py` so the request logic there stays readable; every
-function here is a plain transformation with table tests.
+function here is a plain transformation with table tests. An instance of the
+wrong shape is skipped with a warning (it is one bad row, not a broken
+registry); an answer of the wrong shape raises `RegistryUnavailable`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -22,6 +25,8 @@ from trimesh.discovery.base import (
     Status,
 )
 from trimesh.http.client import Response
+
+log = logging.getLogger("trimesh.discovery.servicecomb")
 
 INVALID_PARAMS = "400001"
 SERVICE_EXISTS = "400010"
@@ -65,13 +70,56 @@ def parse_endpoint(endpoint: str) -> tuple[str, int] | None:
     return parts.hostname, port
 
 
-def instance_from_json(data: Mapping[str, Any], key: ServiceKey, env: str) -> Instance | None:
-    """A provider instance from Service Center JSON; None when it has no rest endpoint."""
+def field(answer: Mapping[str, Any], name: str) -> str:
+    """A non-empty string field of a Service Center answer (an id, a token).
+
+    Error handling: missing or not a string raises `RegistryUnavailable`.
+    """
+    value = answer.get(name)
+    if not isinstance(value, str) or not value:
+        raise RegistryUnavailable(f"Service Center answer has no {name}: {answer!r:.200}")
+    return value
+
+
+class _Malformed(ValueError):
+    """An instance document of the wrong shape."""
+
+
+def instances_from(data: object, key: ServiceKey, env: str) -> tuple[Instance, ...]:
+    """The routable instances in a find answer's ``instances`` (absent when there are none)."""
+    if data is None:
+        return ()
+    if not isinstance(data, list):
+        raise RegistryUnavailable(f"Service Center instances are not a list: {data!r:.200}")
+    parsed = (instance_from_json(d, key, env) for d in data)
+    return tuple(i for i in parsed if i is not None)
+
+
+def instance_from_json(data: object, key: ServiceKey, env: str) -> Instance | None:
+    """A provider instance from Service Center JSON; None when it has no rest endpoint.
+
+    A malformed instance is None too, with a warning.
+    """
+    try:
+        return _instance(data, key, env)
+    except _Malformed as exc:
+        log.warning("Service Center: ignoring a malformed instance of %s: %s", key, exc)
+        return None
+
+
+def _instance(data: object, key: ServiceKey, env: str) -> Instance | None:
+    if not isinstance(data, dict):
+        raise _Malformed(f"not an object: {data!r:.200}")
     service_id, instance_id = data.get("serviceId"), data.get("instanceId")
-    addresses = (parse_endpoint(str(ep)) for ep in data.get("endpoints") or ())
+    endpoints, tags = data.get("endpoints") or [], data.get("properties") or {}
+    if not isinstance(endpoints, list) or not isinstance(tags, dict):
+        raise _Malformed(f"endpoints must be a list and properties an object: {data!r:.200}")
+    addresses = (parse_endpoint(ep) for ep in endpoints if isinstance(ep, str))
     address = next((a for a in addresses if a is not None), None)
     if not service_id or not instance_id or address is None:
         return None
+    if not isinstance(service_id, str) or not isinstance(instance_id, str):
+        raise _Malformed(f"ids must be strings: {service_id!r}, {instance_id!r}")
     # STARTING, TESTING and OUTOFSERVICE are not routable either.
     status: Status = "UP" if data.get("status", "UP") == "UP" else "DOWN"
     return Instance(
@@ -83,7 +131,7 @@ def instance_from_json(data: Mapping[str, Any], key: ServiceKey, env: str) -> In
         version=str(data.get("version", "")),
         environment=env,
         status=status,
-        tags=data.get("properties") or {},
+        tags=tags,
     )
 
 
@@ -150,7 +198,10 @@ class _Watch:
             event = None
         if not isinstance(event, dict):
             raise RegistryUnavailable(f"Service Center ended the watch: {message[:200]!r}")
-        key = event.get("key") or {}
+        key = event.get("key")
+        if not isinstance(key, dict):
+            log.warning("Service Center: ignoring a watch event without a key: %.200r", event)
+            return True
         if key.get("appId") != self.key.app or self.key.name not in (
             key.get("serviceName"),
             key.get("alias"),
@@ -158,7 +209,11 @@ class _Watch:
             return True
         if event.get("action") == "EXPIRE":
             return False
-        data = event.get("instance") or {}
+        data = event.get("instance")
+        if not isinstance(data, dict):
+            # We cannot tell which instance changed: find the whole list again.
+            log.warning("Service Center: watch event without an instance: %.200r", event)
+            return False
         instance_id = f"{data.get('serviceId')}/{data.get('instanceId')}"
         instance = instance_from_json(data, self.key, env)
         if event.get("action") in ("CREATE", "UPDATE") and instance is not None:

@@ -18,8 +18,7 @@ Status = Literal["UP", "DOWN"]
 
 
 def _frozen_str_map(value: Mapping[str, str] | None) -> Mapping[str, str]:
-    # A sorted tuple-backed dict copy keeps instances hashable-by-identity
-    # semantics simple while forbidding mutation through our reference.
+    # A sorted private copy: nobody can mutate the caller's dict through us.
     return dict(sorted((str(k), str(v)) for k, v in (value or {}).items()))
 
 
@@ -36,7 +35,15 @@ class ServiceKey:
 
 @attrs.frozen
 class Instance:
-    """One reachable instance of a service, as the registry reports it."""
+    """One reachable instance of a service, as the registry reports it.
+
+    Two instances are equal when everything a consumer acts on is equal:
+    identity (app, service, instance id), address, status, version,
+    environment and tags (route rules match on tags, so a tag change is a
+    change). `lease_age` is left out: it ticks on every read without the
+    instance changing, so comparing snapshots with ``==`` tells a watcher
+    whether to publish. The hash covers every compared field but tags.
+    """
 
     service: str
     instance_id: str
@@ -46,7 +53,9 @@ class Instance:
     version: str = ""
     environment: str = ""
     status: Status = "UP"
-    tags: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_str_map, eq=False)
+    # Compared, but not hashed: a dict is unhashable, and leaving a compared
+    # field out of the hash keeps equal instances hashing equal.
+    tags: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_str_map, hash=False)
     # Seconds since the instance last renewed its lease, when the backend knows.
     lease_age: float | None = attrs.field(default=None, eq=False)
 

@@ -8,8 +8,18 @@ Discovery is a range read of the service's key prefix followed by a watch
 stream that resumes from the last seen revision; `services` is a keys-only
 range read of the app's prefix.
 
+Deadlines: the caller bounds each call it makes (`Discovery` does, with
+`registry.call_timeout`); a watch bounds what it does on its own: each list
+and each stream open by `call_timeout`, and a stream that shows no sign of
+life (event, progress notification) for twice `watch_interval` is reopened.
+We ask etcd for progress notifications, but it sends them only every 10
+minutes by default, so a healthy but quiet stream is reopened too: one
+request that resumes from the last revision.
+
 Error handling: transport failures and etcd refusals raise
-`RegistryUnavailable`; an expired or revoked lease raises `LeaseExpired`.
+`RegistryUnavailable`; an expired or revoked lease raises `LeaseExpired`. A
+malformed row (a value that is not an instance document, an entry that is not
+an object) is skipped with a warning.
 Resource handling: no connection outlives a call; `watch` holds one stream
 until it returns or is cancelled.
 """
@@ -22,10 +32,12 @@ import math
 import time
 import uuid
 from collections.abc import Iterable, Sequence
+from contextlib import AsyncExitStack
 from typing import Any, Literal
 from urllib.parse import quote, unquote
 
 import attrs
+import trio
 
 from trimesh.discovery._etcd_api import (
     NOT_FOUND,
@@ -36,6 +48,7 @@ from trimesh.discovery._etcd_api import (
     prefix_end,
     unb64,
 )
+from trimesh.discovery._failover import call_deadline
 from trimesh.discovery.base import (
     Instance,
     LeaseExpired,
@@ -48,8 +61,10 @@ from trimesh.discovery.base import (
 
 log = logging.getLogger(__name__)
 
-StreamOutcome = Literal["broken", "compacted", "unauthenticated"]
+StreamOutcome = Literal["broken", "compacted", "unauthenticated", "quiet"]
 MAX_IDLE_BREAKS = 3
+# A watch stream silent for twice this long is reopened (see the module docstring).
+WATCH_INTERVAL = 60.0
 
 
 @attrs.frozen
@@ -68,7 +83,8 @@ class EtcdRegistry:
     """A `Registry` kept in etcd; see the module docstring for the key layout.
 
     Endpoints are tried in order when one fails. With `username`, calls carry
-    an etcd auth token, renewed when etcd reports it invalid.
+    an etcd auth token, renewed when etcd reports it invalid. `call_timeout`
+    and `watch_interval` bound what `watch` does on its own.
     """
 
     def __init__(
@@ -78,10 +94,14 @@ class EtcdRegistry:
         prefix: str = "/trimesh",
         username: str | None = None,
         password: str | None = None,
+        call_timeout: float = 5.0,
+        watch_interval: float = WATCH_INTERVAL,
     ) -> None:
         self._api = EtcdGateway(endpoints, username, password)
         self._prefix = prefix.rstrip("/")
         self._mine: dict[str, _Own] = {}
+        self._call_timeout = call_timeout
+        self._watch_interval = watch_interval
 
     def __repr__(self) -> str:
         return f"<EtcdRegistry {self._prefix!r} {self._api!r} own={len(self._mine)}>"
@@ -97,7 +117,7 @@ class EtcdRegistry:
             instance_id,
             me,
             self._instance_key(me.key, instance_id),
-            str(grant.get("ID", "0")),
+            str(grant.get("ID", "0")),  # int64 as a JSON string
             old.status if old else "UP",
         )
         await self._put(own)
@@ -119,7 +139,7 @@ class EtcdRegistry:
         own = self._own(instance_id)
         async with self._api.stream("/v3/lease/keepalive", {"ID": own.lease}) as answers:
             result = await answers.receive()
-        if result is None or int(result.get("TTL", "0")) <= 0:
+        if result is None or _int(result.get("TTL")) <= 0:
             raise LeaseExpired(f"etcd lease of {instance_id} expired")
 
     async def set_status(self, instance_id: str, status: Status) -> None:
@@ -149,19 +169,21 @@ class EtcdRegistry:
             "/v3/kv/range",
             {"key": b64(prefix), "range_end": b64(prefix_end(prefix)), "keys_only": True},
         )
-        keys = (unb64(kv.get("key", "")) for kv in answer.get("kvs", []))
+        keys = (key for kv in _entries(answer, "kvs") if (key := _key_of(kv)) is not None)
         return service_names(prefix, keys)
 
     async def watch(self, key: ServiceKey, on_change: OnChange) -> None:
         """List `key`, report it, then report every change until cancelled.
 
-        A broken stream is reopened at once from the last seen revision; if no
-        endpoint accepts the new stream (etcd down), `RegistryUnavailable` is
-        raised and the caller restarts the watch, which lists afresh. A watch
-        cancelled by compaction lists again and reports the new list.
+        A broken or quiet stream is reopened at once from the last seen
+        revision; if no endpoint accepts the new stream (etcd down),
+        `RegistryUnavailable` is raised and the caller restarts the watch,
+        which lists afresh. A watch cancelled by compaction lists again and
+        reports the new list.
         """
         prefix = self._service_prefix(key)
-        view = await self._list(prefix)
+        with call_deadline(self._call_timeout, "etcd watch: list"):
+            view = await self._list(prefix)
         on_change(view.snapshot())
         await self._follow(prefix, view, on_change)
 
@@ -176,8 +198,13 @@ class EtcdRegistry:
             outcome = await self._follow_stream(prefix, view, on_change)
             if outcome == "compacted":
                 log.info("etcd watch %r fell behind compaction; listing again", prefix)
-                view = await self._list(prefix)
+                with call_deadline(self._call_timeout, "etcd watch: list"):
+                    view = await self._list(prefix)
                 on_change(view.snapshot())
+            elif outcome == "quiet":
+                # Not a break: the stream opened fine and may just have had nothing to say.
+                idle_breaks = 0
+                log.info("etcd watch %r silent for %g s; reopening", prefix, self._quiet_after)
             elif outcome == "unauthenticated":
                 if auth_retried:
                     raise EtcdError(16, "etcd refused the watch token twice")
@@ -197,9 +224,10 @@ class EtcdRegistry:
     ) -> StreamOutcome:
         """Apply one watch stream's events to `view`; say why the stream ended.
 
-        Error handling: `RegistryUnavailable` if the stream fails before etcd
-        confirmed the watch or etcd cancels it for a reason we cannot fix; a
-        break after that is the "broken" outcome.
+        Error handling: `RegistryUnavailable` if the stream is not confirmed
+        within `call_timeout` or etcd cancels it for a reason we cannot fix; a
+        break after that is the "broken" outcome, and silence for
+        `_quiet_after` seconds the "quiet" one.
         """
         request = {
             "key": b64(prefix),
@@ -207,33 +235,42 @@ class EtcdRegistry:
             "start_revision": str(view.revision + 1),
             "progress_notify": True,
         }
-        created = False
-        canceled: JsonObject | None = None
-        try:
-            async with self._api.stream("/v3/watch", {"create_request": request}) as results:
-                while (result := await results.receive()) is not None:
-                    if result.get("canceled"):
-                        canceled = result
-                        break
-                    created = created or bool(result.get("created"))
-                    if view.apply(result):
-                        on_change(view.snapshot())
-        except RegistryUnavailable as exc:
-            if not created:
-                raise
-            log.info("etcd watch %r broke: %s", prefix, exc)
+        async with AsyncExitStack() as stack:
+            with call_deadline(self._call_timeout, f"etcd watch {prefix!r}: open"):
+                results = await stack.enter_async_context(
+                    self._api.stream("/v3/watch", {"create_request": request})
+                )
+                result = await results.receive()
+            if result is not None and result.get("canceled"):
+                return _cancel_outcome(result)
+            if result is None or not result.get("created"):
+                raise RegistryUnavailable("etcd watch stream ended before it started")
+            canceled: JsonObject | None = None
+            with trio.move_on_after(self._quiet_after) as quiet:
+                try:
+                    while (result := await results.receive()) is not None:
+                        quiet.deadline = trio.current_time() + self._quiet_after
+                        if result.get("canceled"):
+                            canceled = result
+                            break
+                        if view.apply(result):
+                            on_change(view.snapshot())
+                except RegistryUnavailable as exc:
+                    log.info("etcd watch %r broke: %s", prefix, exc)
         if canceled is not None:
             return _cancel_outcome(canceled)
-        if not created:
-            raise RegistryUnavailable("etcd watch stream ended before it started")
-        return "broken"
+        return "quiet" if quiet.cancelled_caught else "broken"
+
+    @property
+    def _quiet_after(self) -> float:
+        return 2 * self._watch_interval
 
     async def _list(self, prefix: bytes) -> WatchView:
         answer = await self._api.call(
             "/v3/kv/range", {"key": b64(prefix), "range_end": b64(prefix_end(prefix))}
         )
         view = WatchView(revision=_revision(answer))
-        for kv in answer.get("kvs", []):
+        for kv in _entries(answer, "kvs"):
             view.put(kv)
         return view
 
@@ -280,10 +317,13 @@ class WatchView:
     def snapshot(self) -> tuple[Instance, ...]:
         return tuple(sorted(self.instances.values(), key=lambda i: i.instance_id))
 
-    def put(self, kv: JsonObject) -> None:
-        """Record a key-value from a range answer or a PUT event."""
-        key = unb64(kv.get("key", ""))
-        instance = _instance_from(key, unb64(kv.get("value", "")))
+    def put(self, kv: object) -> None:
+        """Record a key-value from a range answer or a PUT event; skip a malformed one."""
+        key = _key_of(kv)
+        if key is None:
+            return
+        assert isinstance(kv, dict)  # _key_of checked it
+        instance = _instance_from(key, kv.get("value", ""))
         if instance is None:
             self.instances.pop(key, None)
         else:
@@ -291,14 +331,17 @@ class WatchView:
 
     def apply(self, result: JsonObject) -> bool:
         """Apply one watch response; return whether it carried events."""
-        events = result.get("events", [])
+        events = _entries(result, "events")
         for event in events:
-            kv = event.get("kv", {})
+            kv = event.get("kv")
             if event.get("type", "PUT") == "DELETE":
-                self.instances.pop(unb64(kv.get("key", "")), None)
+                key = _key_of(kv)
+                if key is not None:
+                    self.instances.pop(key, None)
             else:
                 self.put(kv)
-            self.revision = max(self.revision, int(kv.get("mod_revision", 0)))
+            if isinstance(kv, dict):
+                self.revision = max(self.revision, _int(kv.get("mod_revision")))
         if not events and not result.get("created"):
             # A progress notification: every event up to this revision was sent.
             self.revision = max(self.revision, _revision(result))
@@ -320,11 +363,46 @@ def service_names(app_prefix: bytes, keys: Iterable[bytes]) -> list[str]:
 
 
 def _revision(answer: JsonObject) -> int:
-    return int(answer.get("header", {}).get("revision", 0))
+    header = answer.get("header")
+    return _int(header.get("revision")) if isinstance(header, dict) else 0
+
+
+def _int(value: object) -> int:
+    """An int64 as the gateway writes it (a JSON string), or 0 when it is not one."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    try:
+        return int(value) if isinstance(value, str) else 0
+    except ValueError:
+        return 0
+
+
+def _entries(answer: JsonObject, field: str) -> list[JsonObject]:
+    """The objects in `answer[field]` (``kvs``, ``events``); others are skipped with a warning."""
+    items = answer.get(field, [])
+    if not isinstance(items, list):
+        log.warning("etcd: ignoring %s that is not a list: %.200r", field, items)
+        return []
+    bad = [item for item in items if not isinstance(item, dict)]
+    if bad:
+        log.warning("etcd: ignoring %s entries that are not objects: %.200r", field, bad)
+    return [item for item in items if isinstance(item, dict)]
+
+
+def _key_of(kv: object) -> bytes | None:
+    """The key of a key-value entry; None (and a warning) when the entry is malformed."""
+    key = kv.get("key") if isinstance(kv, dict) else None
+    try:
+        if isinstance(key, str):
+            return unb64(key)
+    except ValueError:
+        pass
+    log.warning("etcd: ignoring a malformed key-value entry: %.200r", kv)
+    return None
 
 
 def _cancel_outcome(result: JsonObject) -> StreamOutcome:
-    if int(result.get("compact_revision", 0)) > 0:
+    if _int(result.get("compact_revision")) > 0:
         return "compacted"
     reason = str(result.get("cancel_reason", "watch cancelled"))
     # etcd 3.4 says "invalid auth token"; 3.5 cancels a stale token's watch with
@@ -352,19 +430,28 @@ def _document(own: _Own) -> bytes:
     ).encode()
 
 
-def _instance_from(key: bytes, value: bytes) -> Instance | None:
-    """Decode an instance document; None (and a warning) for anything malformed."""
+def _instance_from(key: bytes, value: object) -> Instance | None:
+    """Decode a base64 instance document; None (and a warning) for anything malformed."""
     try:
-        doc: Any = json.loads(value)
+        if not isinstance(value, str):
+            raise TypeError("the value is not a base64 string")
+        doc: Any = json.loads(unb64(value))
+        if not isinstance(doc, dict):
+            raise TypeError("the document is not an object")
         port, status, tags = doc["port"], doc.get("status", "UP"), doc.get("metadata", {})
-        if not (isinstance(port, int) and 0 < port < 65536 and status in ("UP", "DOWN")):
-            raise ValueError("bad port or status")
+        if isinstance(port, bool) or not (isinstance(port, int) and 0 < port < 65536):
+            raise ValueError(f"bad port {port!r}")
+        if status not in ("UP", "DOWN"):
+            raise ValueError(f"bad status {status!r}")
         if not isinstance(tags, dict):
-            raise ValueError("metadata is not an object")
+            raise TypeError("metadata is not an object")
+        service, host = doc["service"], doc["host"]
+        if not (isinstance(service, str) and isinstance(host, str) and service and host):
+            raise TypeError("service and host must be non-empty strings")
         return Instance(
-            service=str(doc["service"]),
+            service=service,
             instance_id=str(doc.get("instance_id") or key.rsplit(b"/", 1)[-1].decode()),
-            host=str(doc["host"]),
+            host=host,
             port=port,
             app=str(doc.get("app", "default")),
             version=str(doc.get("version", "")),
@@ -373,5 +460,5 @@ def _instance_from(key: bytes, value: bytes) -> Instance | None:
             tags=tags,
         )
     except (ValueError, KeyError, TypeError) as exc:
-        log.warning("etcd: ignoring malformed instance at %r: %s", key, exc)
+        log.warning("etcd: ignoring malformed instance at %r: %s", key, exc or repr(exc))
         return None

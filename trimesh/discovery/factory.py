@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterable
 from typing import assert_never
 
 from trimesh.config.model import Address, Config, RegistryConfig
 from trimesh.discovery.base import Registration, Registry
 from trimesh.discovery.local import LocalRegistry, default_path
 from trimesh.discovery.static import StaticRegistry
+from trimesh.discovery.trust import InstanceFilter, parse_ip
 
-__all__ = ["build_registry", "registration_for"]
+__all__ = ["build_registry", "instance_filter", "registration_for"]
 
 _WILDCARDS = ("", "0.0.0.0", "::")
 
@@ -67,3 +69,27 @@ def _primary_address(*, ipv6: bool) -> str:
             return str(sock.getsockname()[0])
         except OSError:
             return fallback
+
+
+def instance_filter(
+    cfg: RegistryConfig, own: Iterable[Address], *, advertised: str
+) -> InstanceFilter:
+    """The trust filter for instances from `cfg`'s registry.
+
+    `own` is our bound listeners that must never be a target (outbound and
+    admin); `advertised` is the host we register. Loopback instances are
+    allowed with the `local` and `static` registries, and with any registry
+    when we ourselves register a loopback address: such a deployment is one
+    machine, where every peer is on loopback too. A wildcard listener is also
+    matched on `advertised`, the address others reach it by.
+    """
+    # "" binds like 0.0.0.0; the filter knows wildcards by their IP literal.
+    listeners = [(host or "0.0.0.0", port) for host, port in own]
+    extra = [(advertised, port) for host, port in listeners if host in _WILDCARDS]
+    ip = parse_ip(advertised)
+    single_machine = advertised == "localhost" or (ip is not None and ip.is_loopback)
+    return InstanceFilter(
+        own=frozenset(listeners + extra),
+        allow_loopback=cfg.type in ("local", "static") or single_machine,
+        allow_networks=cfg.allow_networks,
+    )

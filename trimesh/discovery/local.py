@@ -1,31 +1,36 @@
 """The embedded `local` registry: one SQLite file shared by every sidecar on a machine.
 
-Every write bumps a single-row `revision` counter in the same transaction, so a
-watcher only polls that counter (cheap) and re-reads instances when it moved or
-when the earliest lease it is showing has run out. Leases use wall-clock time
-because several processes share the file.
+Every write bumps a single-row `revision` counter in the same transaction.
+One poller per `LocalRegistry` serves all its watches: each tick reads that
+counter (one tiny query), and only when it moved, or when the earliest lease
+a watch shows has run out, re-reads the affected services in one query and
+hands each watch its new snapshot if the content changed. Leases use
+wall-clock time because several processes share the file.
+
+Every database call runs in a worker thread the caller's cancel scope can
+abandon (see `_local_db`), so a file locked by another process never holds a
+caller past its deadline. The SQL itself is in `_local_rows`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
+import functools
+import itertools
 import math
 import os
 import sqlite3
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar, TypeVarTuple
 
-import attrs
 import trio
 
+from trimesh.discovery import _local_rows as rows
+from trimesh.discovery._local_db import Database
 from trimesh.discovery.base import (
     Instance,
-    LeaseExpired,
     OnChange,
     Registration,
     RegistryUnavailable,
@@ -38,30 +43,10 @@ __all__ = ["LocalRegistry", "default_path"]
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
-# Long enough to ride out another sidecar's write, short enough that a wedged
-# file surfaces as RegistryUnavailable and the caller's backoff takes over.
-BUSY_TIMEOUT = 5.0
-
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS instances (
-        instance_id TEXT PRIMARY KEY,
-        app TEXT NOT NULL,
-        service TEXT NOT NULL,
-        host TEXT NOT NULL,
-        port INTEGER NOT NULL,
-        version TEXT NOT NULL,
-        environment TEXT NOT NULL,
-        metadata TEXT NOT NULL,
-        status TEXT NOT NULL,
-        lease_ttl REAL NOT NULL,
-        heartbeat_at REAL NOT NULL,
-        expires_at REAL NOT NULL,
-        UNIQUE (app, service, host, port)
-    )""",
-    "CREATE TABLE IF NOT EXISTS revision (id INTEGER PRIMARY KEY CHECK (id = 0), value INTEGER)",
-    "INSERT OR IGNORE INTO revision (id, value) VALUES (0, 0)",
-)
-_BUMP = "UPDATE revision SET value = value + 1 WHERE id = 0"
+# Worker threads one registry may occupy; an abandoned call holds its thread
+# until it notices (within `_local_db.BUSY_STEP`), so this also bounds how
+# many a wedged file can pin.
+MAX_THREADS = 8
 
 
 def default_path() -> Path:
@@ -76,36 +61,31 @@ def default_path() -> Path:
     return base / "trimesh" / "registry.db"
 
 
-@attrs.frozen
-class _Snapshot:
-    """What a watcher last showed, and when it must look again regardless."""
+class _Watch:
+    """One `watch` call: what it last showed, from which read, at which revision."""
 
-    revision: int
-    instances: tuple[Instance, ...]
-    next_expiry: float
+    def __init__(self, key: ServiceKey, on_change: OnChange) -> None:
+        self.key = key
+        self.on_change = on_change
+        self.shown: tuple[Instance, ...] | None = None
+        self.read = -1  # sequence number of the read `shown` came from
+        self.revision = -1
+        self.next_expiry = math.inf
+        self.failure: BaseException | None = None
+        self.nudged = trio.Event()
 
-    def same_content(self, other: _Snapshot) -> bool:
-        # Instance.__eq__ ignores tags and lease_age; a watcher must see tag
-        # changes but not the lease ticking.
-        return _content(self.instances) == _content(other.instances)
+    def show(
+        self, read: int, revision: int, instances: tuple[Instance, ...], next_expiry: float
+    ) -> None:
+        """Record a read; call `on_change` only if the content differs (see `Instance`)."""
+        self.read, self.revision, self.next_expiry = read, revision, next_expiry
+        if instances != self.shown:
+            self.shown = instances
+            self.on_change(instances)
 
-
-def _content(instances: Sequence[Instance]) -> list[tuple[object, ...]]:
-    return [(i, tuple(i.tags.items())) for i in instances]
-
-
-@contextlib.contextmanager
-def _write(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    # IMMEDIATE takes the write lock up front: a deferred transaction that
-    # upgrades from read to write can fail with SQLITE_BUSY despite busy_timeout.
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn
-    except BaseException:
-        if conn.in_transaction:
-            conn.rollback()
-        raise
-    conn.execute("COMMIT")
+    def nudge(self) -> None:
+        self.nudged.set()
+        self.nudged = trio.Event()
 
 
 class LocalRegistry:
@@ -114,9 +94,13 @@ class LocalRegistry:
     Error handling: `sqlite3.Error` and `OSError` become `RegistryUnavailable`;
     a heartbeat or status change for an unknown or expired instance raises
     `LeaseExpired`. Using the registry after `aclose` raises
-    `trio.ClosedResourceError`.
-    Resource handling: owns one connection (opened lazily, guarded by a lock,
-    used only from worker threads); `aclose` closes it. Starts no tasks.
+    `trio.ClosedResourceError`. A call whose caller is cancelled returns at
+    once; its thread rolls back unless the write already committed, so a
+    cancelled call may or may not have taken effect (all are idempotent).
+    Resource handling: owns a pool of connections used only from worker
+    threads; `aclose` closes them (one still in use is closed by its thread
+    when its call ends). Starts no tasks: the poller runs inside one of the
+    `watch` calls, and passes to another when that one ends.
     """
 
     def __init__(
@@ -126,65 +110,82 @@ class LocalRegistry:
         clock: Callable[[], float] = time.time,
         poll_interval: float = 0.1,
     ) -> None:
-        self._path = Path(path)
+        self._db = Database(Path(path))
+        self._decode = rows.RowDecoder(self._db.path)
+        self._reads = itertools.count()
         self._clock = clock
         self._poll_interval = poll_interval
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-        self._closed = False
+        self._limiter = trio.CapacityLimiter(MAX_THREADS)
+        self._watches: list[_Watch] = []
+        self._poller: _Watch | None = None
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "open" if self._conn else "idle"
-        return f"<LocalRegistry {str(self._path)!r} {state}>"
+        n = self._db.open_connections
+        state = "closed" if self._db.closed else "open" if n else "idle"
+        return (
+            f"<LocalRegistry {str(self._db.path)!r} {state} connections={n}"
+            f" in_use={self._db.in_use} watches={len(self._watches)}>"
+        )
 
     async def register(self, me: Registration) -> str:
         """Register `me` (idempotent per app/service/host/port) and return its instance id."""
-        return await self._call(self._register, me)
+        return await self._call(rows.register, me, self._clock())
 
     async def heartbeat(self, instance_id: str) -> None:
         """Renew the lease; raises `LeaseExpired` if it already ran out or never existed."""
-        await self._call(self._heartbeat, instance_id)
+        await self._call(rows.heartbeat, instance_id, self._clock())
 
     async def set_status(self, instance_id: str, status: Status) -> None:
         """Mark the instance UP or DOWN; raises `LeaseExpired` like `heartbeat`."""
         if status not in ("UP", "DOWN"):
             raise ValueError(f"status must be 'UP' or 'DOWN', not {status!r}")
-        await self._call(self._set_status, instance_id, status)
+        await self._call(rows.set_status, instance_id, status, self._clock())
 
     async def deregister(self, instance_id: str) -> None:
         """Remove the instance; a missing one is not an error."""
-        await self._call(self._deregister, instance_id)
+        await self._call(rows.deregister, instance_id)
 
     async def instances(self, key: ServiceKey) -> Sequence[Instance]:
-        """Every live (unexpired) instance of `key`, UP and DOWN, ordered by address."""
-        snapshot = await self._call(self._read, key)
-        return snapshot.instances
+        """Every live (unexpired) instance of `key`, UP and DOWN, ordered by address.
+
+        A malformed row (e.g. metadata that is not a JSON object) is skipped
+        and logged once at WARNING.
+        """
+        _, _, found = await self._read([key])
+        return found[key][0]
 
     async def services(self, app: str) -> Sequence[str]:
         """The names of `app`'s services that have at least one live instance, sorted."""
-        return await self._call(self._services, app)
+        return await self._call(rows.services, app, self._clock())
 
     async def watch(self, key: ServiceKey, on_change: OnChange) -> None:
         """Call `on_change` with the current instances, then on every change of them.
 
-        Polls the revision counter every `poll_interval`; runs until cancelled
-        or until a read raises `RegistryUnavailable`.
+        Runs until cancelled, or until a read raises `RegistryUnavailable`
+        (every watch of this registry then raises it).
         """
-        shown = await self._call(self._read, key)
-        on_change(shown.instances)
-        while True:
-            await trio.sleep(self._poll_interval)
-            fresh = await self._call(self._read_if_stale, key, shown)
-            if fresh is None:
-                continue
-            if not fresh.same_content(shown):
-                on_change(fresh.instances)
-            shown = fresh
+        watch = _Watch(key, on_change)
+        read, revision, found = await self._read([key])
+        watch.show(read, revision, *found[key])
+        self._watches.append(watch)
+        try:
+            while True:
+                if watch.failure is not None:
+                    raise _copy(watch.failure)
+                if self._poller is None:
+                    self._poller = watch
+                    await self._poll_forever(watch)
+                await watch.nudged.wait()
+        finally:
+            self._watches.remove(watch)
+            if self._poller is watch:
+                self._poller = None
+                for other in self._watches:
+                    other.nudge()  # the first of them to run takes over polling
 
     async def aclose(self) -> None:
-        """Close the connection; safe to call twice."""
-        self._closed = True
-        await trio.to_thread.run_sync(self._close)
+        """Refuse further calls and close the connections; safe to call twice."""
+        await trio.to_thread.run_sync(self._db.close, abandon_on_cancel=True)
 
     async def __aenter__(self) -> LocalRegistry:
         return self
@@ -192,176 +193,69 @@ class LocalRegistry:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    # --- worker-thread side: everything below runs under self._lock ---
+    async def _poll_forever(self, mine: _Watch) -> None:
+        """The one poller: re-read what changed, then feed every watch."""
+        while True:
+            await trio.sleep(self._poll_interval)
+            now = self._clock()
+            shown: dict[ServiceKey, int] = {}
+            due: set[ServiceKey] = set()
+            for w in self._watches:
+                shown[w.key] = min(w.revision, shown.get(w.key, w.revision))
+                if now >= w.next_expiry:
+                    due.add(w.key)
+            read = next(self._reads)
+            try:
+                revision, found = await self._call(rows.poll, self._decode, shown, due, now)
+            except (RegistryUnavailable, trio.ClosedResourceError) as exc:
+                for w in self._watches:
+                    w.failure = exc
+                    w.nudge()
+                raise
+            self._dispatch(mine, read, revision, found)
+
+    def _dispatch(self, mine: _Watch, read: int, revision: int, found: rows.Found) -> None:
+        for w in list(self._watches):
+            # A watch whose first read began after this poll did knows better.
+            if w.key not in found or read < w.read or w.failure is not None:
+                continue
+            try:
+                w.show(read, revision, *found[w.key])
+            except Exception as exc:  # that watcher's callback: fail its own watch
+                if w is mine:
+                    raise
+                w.failure = exc
+                w.nudge()
+
+    async def _read(self, keys: Sequence[ServiceKey]) -> tuple[int, int, rows.Found]:
+        read = next(self._reads)
+        found = await self._call(rows.read_instances, self._decode, keys, self._clock())
+        return (read, *found)
 
     async def _call(self, fn: Callable[[sqlite3.Connection, *Ts], T], *args: *Ts) -> T:
-        # Not abandon_on_cancel: a cancelled caller waits (at most BUSY_TIMEOUT)
-        # so the lock and connection are never left mid-transaction.
-        return await trio.to_thread.run_sync(self._locked, fn, *args)
-
-    def _locked(self, fn: Callable[[sqlite3.Connection, *Ts], T], *args: *Ts) -> T:
-        with self._lock:
-            # Checked under the lock so a call racing `aclose` cannot reopen.
-            if self._closed:
-                raise trio.ClosedResourceError("LocalRegistry was closed")
-            try:
-                return fn(self._connection(), *args)
-            except (sqlite3.Error, OSError) as exc:
-                # Drop the connection so the caller's retry starts from a fresh one.
-                self._close_locked()
-                raise RegistryUnavailable(f"local registry {self._path}: {exc}") from exc
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is not None:
-            return self._conn
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(
-            self._path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
-        )
+        """Run `fn(conn, *args)` in a worker thread that cancellation abandons."""
+        if self._db.closed:
+            raise trio.ClosedResourceError("LocalRegistry was closed")
+        abandoned = threading.Event()
         try:
-            conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            with _write(conn):
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
-        return conn
-
-    def _close(self) -> None:
-        with self._lock:
-            self._close_locked()
-
-    def _close_locked(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
-
-    def _register(self, conn: sqlite3.Connection, me: Registration) -> str:
-        now = self._clock()
-        fields = (
-            me.version,
-            me.environment,
-            json.dumps(dict(me.metadata), sort_keys=True),
-            me.lease_ttl,
-            now,
-            now + me.lease_ttl,
-        )
-        endpoint = (me.app, me.service, me.host, me.port)
-        with _write(conn):
-            # Lazy purge: expired rows are already invisible, so no revision bump.
-            conn.execute("DELETE FROM instances WHERE expires_at <= ?", (now,))
-            row = conn.execute(
-                "SELECT instance_id FROM instances"
-                " WHERE app = ? AND service = ? AND host = ? AND port = ?",
-                endpoint,
-            ).fetchone()
-            if row is None:
-                instance_id = uuid.uuid4().hex
-                conn.execute(
-                    "INSERT INTO instances (instance_id, app, service, host, port, version,"
-                    " environment, metadata, lease_ttl, heartbeat_at, expires_at, status)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'UP')",
-                    (instance_id, *endpoint, *fields),
-                )
-            else:
-                instance_id = row["instance_id"]
-                conn.execute(
-                    "UPDATE instances SET version = ?, environment = ?, metadata = ?,"
-                    " lease_ttl = ?, heartbeat_at = ?, expires_at = ?, status = 'UP'"
-                    " WHERE instance_id = ?",
-                    (*fields, instance_id),
-                )
-            conn.execute(_BUMP)
-        return str(instance_id)
-
-    def _heartbeat(self, conn: sqlite3.Connection, instance_id: str) -> None:
-        # No revision bump: renewing never changes what a watcher shows, and a
-        # watcher re-reads anyway when the lease it knows about runs out.
-        now = self._clock()
-        renewed = conn.execute(
-            "UPDATE instances SET heartbeat_at = ?, expires_at = ? + lease_ttl"
-            " WHERE instance_id = ? AND expires_at > ?",
-            (now, now, instance_id, now),
-        ).rowcount
-        if not renewed:
-            raise LeaseExpired(f"instance {instance_id} is not registered or its lease expired")
-
-    def _set_status(self, conn: sqlite3.Connection, instance_id: str, status: Status) -> None:
-        now = self._clock()
-        with _write(conn):
-            row = conn.execute(
-                "SELECT status FROM instances WHERE instance_id = ? AND expires_at > ?",
-                (instance_id, now),
-            ).fetchone()
-            if row is None:
-                raise LeaseExpired(f"instance {instance_id} is not registered or its lease expired")
-            if row["status"] != status:
-                conn.execute(
-                    "UPDATE instances SET status = ? WHERE instance_id = ?", (status, instance_id)
-                )
-                conn.execute(_BUMP)
-
-    def _deregister(self, conn: sqlite3.Connection, instance_id: str) -> None:
-        with _write(conn):
-            deleted = conn.execute(
-                "DELETE FROM instances WHERE instance_id = ?", (instance_id,)
-            ).rowcount
-            if deleted:
-                conn.execute(_BUMP)
-
-    def _services(self, conn: sqlite3.Connection, app: str) -> list[str]:
-        # Live means unexpired, UP or DOWN: the same rows `instances` shows.
-        rows = conn.execute(
-            "SELECT DISTINCT service FROM instances WHERE app = ? AND expires_at > ?"
-            " ORDER BY service",
-            (app, self._clock()),
-        ).fetchall()
-        return [str(row["service"]) for row in rows]
-
-    def _read_if_stale(
-        self, conn: sqlite3.Connection, key: ServiceKey, shown: _Snapshot
-    ) -> _Snapshot | None:
-        (revision,) = conn.execute("SELECT value FROM revision WHERE id = 0").fetchone()
-        if revision == shown.revision and self._clock() < shown.next_expiry:
-            return None
-        return self._read(conn, key)
-
-    def _read(self, conn: sqlite3.Connection, key: ServiceKey) -> _Snapshot:
-        now = self._clock()
-        # One read transaction, so the revision matches the rows we return.
-        conn.execute("BEGIN")
-        try:
-            (revision,) = conn.execute("SELECT value FROM revision WHERE id = 0").fetchone()
-            rows = conn.execute(
-                "SELECT * FROM instances WHERE app = ? AND service = ? AND expires_at > ?"
-                " ORDER BY host, port, instance_id",
-                (key.app, key.name, now),
-            ).fetchall()
+            return await trio.to_thread.run_sync(
+                functools.partial(self._db.run, abandoned, fn, *args),
+                abandon_on_cancel=True,
+                limiter=self._limiter,
+            )
         finally:
-            conn.rollback()
-        return _Snapshot(
-            revision=revision,
-            instances=tuple(_instance(row, now) for row in rows),
-            next_expiry=min((row["expires_at"] for row in rows), default=math.inf),
-        )
+            # Normal return or not, the thread is done with us: let it stop
+            # retrying a locked file as soon as it notices.
+            abandoned.set()
 
 
-def _instance(row: sqlite3.Row, now: float) -> Instance:
-    return Instance(
-        service=row["service"],
-        instance_id=row["instance_id"],
-        host=row["host"],
-        port=row["port"],
-        app=row["app"],
-        version=row["version"],
-        environment=row["environment"],
-        status=row["status"],
-        tags=json.loads(row["metadata"]),
-        # Clamp: another process's clock may run slightly ahead of ours.
-        lease_age=max(0.0, now - row["heartbeat_at"]),
-    )
+def _copy(failure: BaseException) -> BaseException:
+    """A fresh exception for one watch, so tasks never raise one object together."""
+    if isinstance(failure, trio.ClosedResourceError):
+        copy: BaseException = trio.ClosedResourceError(str(failure))
+    elif isinstance(failure, RegistryUnavailable):
+        copy = RegistryUnavailable(str(failure))
+    else:
+        return failure  # a callback's own exception reaches only its own watch
+    copy.__cause__ = failure
+    return copy

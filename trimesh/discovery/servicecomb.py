@@ -25,12 +25,18 @@ Until this registry has registered (so has no consumer service id), `watch`
 polls `instances` every `POLL_INTERVAL` seconds instead, and switches to the
 websocket as soon as `register` succeeds.
 
+Deadlines: the caller bounds each call it makes; `watch` bounds what it does
+on its own (each find, the websocket's connect and handshake) by
+`call_timeout`. A websocket quiet for `RESYNC_INTERVAL` is pinged, and one
+that does not answer the ping within `call_timeout` is given up
+(`RegistryUnavailable`; the caller reconnects), so a connection that went
+dead without a FIN is noticed.
+
 Instance ids are ``"<serviceId>/<instanceId>"``, for ours and for providers'.
 """
 
 from __future__ import annotations
 
-import logging
 import socket
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -45,6 +51,7 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
+from trimesh.discovery._failover import EndpointOrder, call_deadline, first_answer
 from trimesh.discovery._servicecomb_wire import (
     _GONE,
     SERVICE_EXISTS,
@@ -53,8 +60,9 @@ from trimesh.discovery._servicecomb_wire import (
     ServiceCenterError,
     _Watch,
     error_of,
+    field,
     instance_body,
-    instance_from_json,
+    instances_from,
     split_id,
 )
 from trimesh.discovery.base import (
@@ -71,8 +79,6 @@ from trimesh.http.client import HTTPClientError, Response, request
 
 __all__ = ["POLL_INTERVAL", "ServiceCenterError", "ServiceCombRegistry"]
 
-log = logging.getLogger(__name__)
-
 # Watch falls back to polling (rev-cached, so mostly 304s) until we have registered.
 POLL_INTERVAL = 5.0
 # While watching, find again this often (a 304 when nothing changed). Service
@@ -83,11 +89,12 @@ RESYNC_INTERVAL = 30.0
 
 
 class ServiceCombRegistry:
-    """A `Registry` on Service Center; `endpoints` are tried in turn on connection errors.
+    """A `Registry` on Service Center; `endpoints` are tried in turn when one fails or hangs.
 
-    Error handling: connection failures and 5xx raise `RegistryUnavailable`; a
-    heartbeat or status change for an instance Service Center no longer knows
-    raises `LeaseExpired`; other refusals raise `ServiceCenterError`.
+    Error handling: connection failures, 5xx and answers of the wrong shape
+    raise `RegistryUnavailable`; a heartbeat or status change for an instance
+    Service Center no longer knows raises `LeaseExpired`; other refusals raise
+    `ServiceCenterError`. Malformed instances are skipped with a warning.
     Resource handling: one connection per request; nothing is held between calls.
     """
 
@@ -98,11 +105,12 @@ class ServiceCombRegistry:
         project: str = "default",
         username: str | None = None,
         password: str | None = None,
+        call_timeout: float = 5.0,
     ) -> None:
         if not endpoints:
             raise ValueError("at least one Service Center endpoint is required")
-        self._endpoints = list(endpoints)
-        self._current = 0
+        self._order = EndpointOrder(endpoints)
+        self._call_timeout = call_timeout
         self._prefix = f"/v4/{quote(project, safe='')}/registry"
         self._credentials = None if username is None else (username, password or "")
         self._token: str | None = None
@@ -116,7 +124,7 @@ class ServiceCombRegistry:
         self._found: dict[ServiceKey, tuple[str, tuple[Instance, ...]]] = {}
 
     def __repr__(self) -> str:
-        host, port = self._endpoints[self._current]
+        host, port = self._order.current
         return (
             f"<ServiceCombRegistry {host}:{port}{self._prefix} consumer={self._consumer_id}"
             f" cached={len(self._found)}>"
@@ -134,7 +142,7 @@ class ServiceCombRegistry:
         previous = self._registered.get(known)
         body = instance_body(me, self._hostname, previous[0] if previous else None)
         path = f"/microservices/{service_id}/instances"
-        instance_id = str(self._ok(await self._call("POST", path, json_body=body))["instanceId"])
+        instance_id = field(self._ok(await self._call("POST", path, json_body=body)), "instanceId")
         if previous is not None and previous[1] != me.metadata:
             # Service Center renews a known instance id without reading the body.
             props = {"properties": dict(me.metadata)}
@@ -175,12 +183,15 @@ class ServiceCombRegistry:
         dependency for our consumer.
         """
         listed = self._ok(await self._call("GET", "/microservices")).get("services") or []
+        if not isinstance(listed, list):
+            raise RegistryUnavailable(f"Service Center services are not a list: {listed!r:.200}")
         names = sorted(
             {
                 str(service["serviceName"])
                 for service in listed
                 if isinstance(service, dict)
-                and service.get("serviceName")
+                and isinstance(service.get("serviceName"), str)
+                and service["serviceName"]
                 and service.get("appId") == app
                 and service.get("environment", "") == self._environment
             }
@@ -190,7 +201,7 @@ class ServiceCombRegistry:
     async def watch(self, key: ServiceKey, on_change: OnChange) -> None:
         watch = _Watch(key, on_change)
         while self._consumer_id is None:
-            watch.reset(await self._find(key))
+            await self._find_into(watch)
             with trio.move_on_after(POLL_INTERVAL):
                 await self._registered_event.wait()
         await self._watch_socket(watch, self._consumer_id)
@@ -213,7 +224,7 @@ class ServiceCombRegistry:
         )
         resp = await self._call("GET", f"/existence?{query}")
         if resp.status == 200:
-            return str(self._ok(resp)["serviceId"])
+            return field(self._ok(resp), "serviceId")
         if error_of(resp).code not in (SERVICE_MISSING, VERSION_MISSING):
             raise error_of(resp)
         service = {
@@ -227,7 +238,7 @@ class ServiceCombRegistry:
         resp = await self._call("POST", "/microservices", json_body={"service": service})
         if resp.status != 200 and error_of(resp).code == SERVICE_EXISTS:
             resp = await self._call("GET", f"/existence?{query}")  # lost a race; read the winner
-        return str(self._ok(resp)["serviceId"])
+        return field(self._ok(resp), "serviceId")
 
     async def _find(self, key: ServiceKey) -> tuple[Instance, ...]:
         """Find `key`'s instances, answering from the cache when Service Center says 304."""
@@ -248,9 +259,7 @@ class ServiceCombRegistry:
         if resp.status == 400 and error_of(resp).code == SERVICE_MISSING:
             self._found.pop(key, None)
             return ()
-        data = self._ok(resp).get("instances") or []
-        parsed = (instance_from_json(d, key, self._environment) for d in data)
-        instances = tuple(i for i in parsed if i is not None)
+        instances = instances_from(self._ok(resp).get("instances"), key, self._environment)
         rev = resp.headers.get("x-resource-revision", "")
         if rev:
             self._found[key] = (rev, instances)
@@ -262,8 +271,11 @@ class ServiceCombRegistry:
         resp = await self._call("GET", f"/instances?{urlencode(query)}")
         if resp.status == 400 and error_of(resp).code == SERVICE_MISSING:
             return False  # deleted since it was listed
-        data = self._ok(resp).get("instances") or []
-        return any(instance_from_json(d, key, self._environment) is not None for d in data)
+        return bool(instances_from(self._ok(resp).get("instances"), key, self._environment))
+
+    async def _find_into(self, watch: _Watch) -> None:
+        with call_deadline(self._call_timeout, "Service Center find"):
+            watch.reset(await self._find(watch.key))
 
     async def _watch_socket(self, watch: _Watch, consumer_id: str) -> None:
         """Follow the consumer's watcher websocket; ends only by raising `RegistryUnavailable`.
@@ -271,45 +283,58 @@ class ServiceCombRegistry:
         Resource handling: we own the TCP stream (trio-websocket leaves it open
         after an abnormal closure) and the nursery of the websocket's reader task.
         """
-        host, port = self._endpoints[self._current]
-        headers = [(k.encode(), v.encode()) for k, v in (await self._headers()).items()]
         resource = f"{self._prefix}/microservices/{consumer_id}/watcher"
-        try:
-            stream = await trio.open_tcp_stream(host, port)
-        except OSError as exc:
-            self._current = (self._current + 1) % len(self._endpoints)
-            raise RegistryUnavailable(f"watch: connect to {host}:{port} failed: {exc}") from exc
+
+        async def connect(endpoint: tuple[str, int]) -> tuple[trio.SocketStream, str]:
+            host, port = endpoint
+            return await trio.open_tcp_stream(host, port), f"{host}:{port}"
+
+        with call_deadline(self._call_timeout, "Service Center watch: connect"):
+            headers = [(k.encode(), v.encode()) for k, v in (await self._headers()).items()]
+            stream, where = await first_answer(
+                self._order, connect, retry_on=(OSError,), what="Service Center watch"
+            )
+        ws: WebSocketConnection | None = None
         failure: Exception | None = None
         try:
             async with trio.open_nursery() as nursery:
                 try:
-                    ws = await wrap_client_stream(
-                        nursery, stream, f"{host}:{port}", resource, extra_headers=headers
-                    )
+                    with call_deadline(self._call_timeout, "Service Center watch: handshake"):
+                        ws = await wrap_client_stream(
+                            nursery, stream, where, resource, extra_headers=headers
+                        )
                     await self._follow(ws, watch)
                 except (HandshakeError, ConnectionClosed, RegistryError) as exc:
                     failure = exc  # raised below, outside the nursery: no ExceptionGroup
                 nursery.cancel_scope.cancel()
         finally:
             await trio.aclose_forcefully(stream)
+        if ws is None:
+            # This member took the connection but not the watch: the restart tries the next.
+            self._order.skip()
         if isinstance(failure, ConnectionRejected) and failure.status_code == 401:
             self._token = None
         if isinstance(failure, RegistryUnavailable):
             raise failure
-        raise RegistryUnavailable(f"watch on {host}:{port} ended: {failure!r}") from failure
+        raise RegistryUnavailable(f"watch on {where} ended: {failure!r}") from failure
 
     async def _follow(self, ws: WebSocketConnection, watch: _Watch) -> None:
         # Find only after subscribing, so no event falls between the two.
-        watch.reset(await self._find(watch.key))
+        await self._find_into(watch)
         while True:
             every = POLL_INTERVAL if not watch.current else RESYNC_INTERVAL
             with trio.move_on_after(every):
                 message = await ws.get_message()
-                if not watch.apply(message, self._environment):
-                    watch.reset(await self._find(watch.key))
-                watch.publish()
+                if watch.apply(message, self._environment):
+                    watch.publish()
+                else:
+                    await self._find_into(watch)
                 continue
-            watch.reset(await self._find(watch.key))
+            # Quiet for a while: is anyone still there? Then find again, for
+            # providers whose events we do not get (see RESYNC_INTERVAL).
+            with call_deadline(self._call_timeout, "Service Center watch: ping"):
+                await ws.ping()
+            await self._find_into(watch)
 
     def _check(self, resp: Response, instance_id: str) -> None:
         if resp.status == 200:
@@ -363,22 +388,17 @@ class ServiceCombRegistry:
             resp = await self._send("POST", "/v4/token", {"x-domain-name": "default"}, body)
             if resp.status >= 500:
                 raise RegistryUnavailable(f"POST /v4/token: {error_of(resp)}")
-            self._token = str(self._ok(resp)["token"])
+            self._token = field(self._ok(resp), "token")
         return self._token
 
     async def _send(
         self, method: str, target: str, headers: Mapping[str, str], json_body: Any
     ) -> Response:
-        """Send to the current endpoint, moving on to the next one on connection errors."""
-        failure: HTTPClientError | None = None
-        for _ in self._endpoints:
-            host, port = self._endpoints[self._current]
-            try:
-                return await request(
-                    method, host, port, target, headers=headers, json_body=json_body
-                )
-            except HTTPClientError as exc:
-                log.warning("Service Center %s:%s unreachable: %s", host, port, exc)
-                failure = exc
-                self._current = (self._current + 1) % len(self._endpoints)
-        raise RegistryUnavailable(f"no Service Center endpoint answered: {failure}") from failure
+        """Send to the endpoint that answered last, moving on to the next on connection errors."""
+
+        async def attempt(endpoint: tuple[str, int]) -> Response:
+            return await request(method, *endpoint, target, headers=headers, json_body=json_body)
+
+        return await first_answer(
+            self._order, attempt, retry_on=(HTTPClientError,), what="Service Center"
+        )

@@ -9,11 +9,19 @@ Discovery.run (in the root nursery)
 Nothing here ever blocks sidecar startup or crashes it: registry failures are
 logged, remembered for the admin view, and retried with capped exponential
 backoff while the cache keeps serving the last snapshot.
+
+Every registry call the session makes runs under a deadline the session owns:
+`call_timeout`, and for a heartbeat min(call_timeout, heartbeat interval,
+lease / 3) so a hung registry cannot eat the lease. A call that runs out is a
+failure like any other. Once no heartbeat has succeeded for a whole lease, the
+registry may have dropped us: we register again instead of heartbeating a
+lease that may be dead.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,12 +29,15 @@ from typing import Any
 import attrs
 import trio
 
+from trimesh.discovery._failover import call_deadline
 from trimesh.discovery.base import (
     Instance,
     LeaseExpired,
+    OnChange,
     Registration,
     Registry,
     RegistryError,
+    RegistryUnavailable,
     ServiceKey,
     Status,
 )
@@ -103,6 +114,7 @@ class Discovery:
         app: str,
         backoff: Callable[[], Backoff] = Backoff,
         miss_ttl: float = MISS_TTL,
+        call_timeout: float = 5.0,
     ) -> None:
         self.registry = registry
         self.cache = cache
@@ -113,6 +125,7 @@ class Discovery:
         self._me = me
         self._backoff = backoff
         self._miss_ttl = miss_ttl
+        self._call_timeout = call_timeout
         self._last_heartbeat: float | None = None
         self._status_wanted: Status = "UP"
         self._status_applied: Status | None = None
@@ -199,6 +212,7 @@ class Discovery:
                 except Exception as exc:
                     delay = backoff.delay()
                     self._failed("keep registered", exc, delay)
+                    self._drop_lapsed_lease(me)
                 else:
                     backoff.reset()
                     expired_in_a_row = 0
@@ -209,10 +223,14 @@ class Discovery:
 
     async def _renew(self, me: Registration) -> None:
         """One heartbeat, or a registration when we hold none; then sync our status."""
+        self._drop_lapsed_lease(me)
         if self.registered and self.instance_id is not None:
-            await self.registry.heartbeat(self.instance_id)
+            beat = min(self._call_timeout, me.heartbeat_interval, me.lease_ttl / 3)
+            with call_deadline(beat, "heartbeat"):
+                await self.registry.heartbeat(self.instance_id)
         else:
-            self.instance_id = await self.registry.register(me)
+            with call_deadline(self._call_timeout, "register"):
+                self.instance_id = await self.registry.register(me)
             self.registered = True
             self._status_applied = "UP"
             log.info("registry: registered %s %s as %s", me.service, me.endpoint, self.instance_id)
@@ -220,11 +238,23 @@ class Discovery:
         await self._apply_status()
         self.last_error = None
 
+    def _drop_lapsed_lease(self, me: Registration) -> None:
+        """Forget a registration whose lease may have run out: only registering again helps."""
+        beat = self._last_heartbeat
+        if self.registered and beat is not None and trio.current_time() - beat >= me.lease_ttl:
+            log.warning(
+                "registry: no heartbeat succeeded for %.1f s (lease %g s); registering again",
+                trio.current_time() - beat,
+                me.lease_ttl,
+            )
+            self.registered = False
+
     async def _apply_status(self) -> None:
         # Loops so a status wanted while the call ran is applied too. Lock held.
         while self._status_applied != self._status_wanted and self.instance_id is not None:
             wanted = self._status_wanted
-            await self.registry.set_status(self.instance_id, wanted)
+            with call_deadline(self._call_timeout):
+                await self.registry.set_status(self.instance_id, wanted)
             self._status_applied = wanted
             log.info("registry: instance %s marked %s", self.instance_id, wanted)
 
@@ -247,8 +277,8 @@ class Discovery:
     async def deregister(self) -> None:
         """Stop heartbeating, then remove our instance. Never raises a `RegistryError`.
 
-        Bounded by the caller's cancel scope; if it cannot finish, our lease
-        simply runs out on the registry side.
+        Bounded by `call_timeout` and the caller's cancel scope; if it cannot
+        finish, our lease simply runs out on the registry side.
         """
         self._stopping = True
         self._lease_scope.cancel()
@@ -256,7 +286,8 @@ class Discovery:
             if not self.registered or self.instance_id is None:
                 return
             try:
-                await self.registry.deregister(self.instance_id)
+                with call_deadline(self._call_timeout):
+                    await self.registry.deregister(self.instance_id)
             except (RegistryError, trio.ClosedResourceError) as exc:
                 self._failed("deregister", exc, None)
             else:
@@ -299,7 +330,7 @@ class Discovery:
 
         while True:
             try:
-                await self.registry.watch(key, on_change)
+                await self._watch_once(key, on_change)
                 exc: Exception = RegistryError("watch returned")
             except trio.ClosedResourceError:
                 return  # the registry's owner closed it: the session is over
@@ -309,6 +340,22 @@ class Discovery:
             watched.error = str(exc)
             self._failed(f"watch {key}", exc, delay)
             await trio.sleep(delay)
+
+    async def _watch_once(self, key: ServiceKey, on_change: OnChange) -> None:
+        """`registry.watch`, whose first snapshot (the listing) must come within `call_timeout`.
+
+        After that the backend owns the stream's liveness (it knows what a
+        progress notification or a ping looks like).
+        """
+        with trio.CancelScope(deadline=trio.current_time() + self._call_timeout) as first:
+
+            def on_first(instances: Sequence[Instance]) -> None:
+                first.deadline = math.inf
+                on_change(instances)
+
+            await self.registry.watch(key, on_first)
+        if first.cancelled_caught:
+            raise RegistryUnavailable(f"no first answer within {self._call_timeout:g} s")
 
     def _apply_snapshot(self, service: str, instances: Sequence[Instance]) -> None:
         # An empty list for a name we never saw keeps it unknown (502
@@ -322,7 +369,8 @@ class Discovery:
         Concurrent first requests share one registry call. A name with no
         instances stays out of the cache, and is asked about again only after
         `miss_ttl`. Error handling: `RegistryError` propagates (the caller
-        answers it); the caller bounds the call with its own cancel scope.
+        answers it), also when the registry does not answer within
+        `call_timeout`; the caller may bound the call further.
         """
         while self.cache.lookup(service) is None and not self._recently_missed(service):
             pending = self._resolving.get(service)
@@ -331,7 +379,8 @@ class Discovery:
                 continue
             done = self._resolving[service] = trio.Event()
             try:
-                found = await self.registry.instances(ServiceKey(service, self.app))
+                with call_deadline(self._call_timeout):
+                    found = await self.registry.instances(ServiceKey(service, self.app))
             finally:
                 del self._resolving[service]
                 done.set()
@@ -371,6 +420,7 @@ class Discovery:
                 "instance_id": self.instance_id,
                 "endpoint": me.endpoint,
                 "registered": self.registered,
+                "lease_current": self.lease_current,
                 "status": self._status_wanted,
                 "last_heartbeat_age": None if beat is None else round(now - beat, 3),
                 "last_error": self.last_error,

@@ -1,14 +1,21 @@
 """The downstream connection driver shared by the outbound and inbound listeners.
 
 One task per connection owns a nursery with the socket reader; requests are
-read, planned by the listener's `Router`, and executed by `exchange.forward`,
+read, routed by the listener's `Router` and forwarded by `exchange.forward`,
 each inside its own request cancel scope that a client disconnect cancels.
+What differs per direction lives in the router (`trimesh.outbound`,
+`trimesh.inbound`); nothing here asks which direction it serves.
+
+A switched connection (WebSocket 101) is spliced *after* the request scope
+ends: a client's FIN then ends one direction of the tunnel (passed on as a
+half-close), never the whole tunnel with bytes still in flight.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from itertools import count
 
 import attrs
@@ -16,44 +23,23 @@ import h11
 import trio
 
 from trimesh.config.model import Limits
-from trimesh.discovery.base import RegistryError
-from trimesh.discovery.cache import InstanceCache
-from trimesh.discovery.session import Discovery
-from trimesh.errors import (
-    BadRequest,
-    DownstreamGone,
-    MethodNotAllowed,
-    ProxyError,
-    RegistryUnreachable,
-    RequestTimeout,
-    ServiceNotFound,
-    rescue,
-)
+from trimesh.errors import BadRequest, DownstreamGone, ProxyError, RequestTimeout, rescue
+from trimesh.http import stream as hs
+from trimesh.http import synthetic
 from trimesh.http.downstream import Downstream
+from trimesh.http.exchange import Policy, forward
 from trimesh.http.guard import NO_BODY
 from trimesh.http.pool import UpstreamPool
-from trimesh.http.target import Target, parse_authority
-from trimesh.mesh.exchange import ExchangeSettings, forward
-from trimesh.mesh.plan import Router
+from trimesh.http.relay import Tunnel
+from trimesh.http.route import Router
+from trimesh.http.target import Target
+from trimesh.http.tunnel import splice
 from trimesh.observe.accesslog import AccessLog, AccessRecord
 
 log = logging.getLogger("trimesh.connection")
 _conn_ids = count(1)
 # How long a connection we close may keep draining the client's unread bytes.
 LINGER = 2.0
-_REASONS = {
-    400: b"Bad Request",
-    405: b"Method Not Allowed",
-    408: b"Request Timeout",
-    413: b"Content Too Large",
-    414: b"URI Too Long",
-    431: b"Request Header Fields Too Large",
-    501: b"Not Implemented",
-    502: b"Bad Gateway",
-    503: b"Service Unavailable",
-    504: b"Gateway Timeout",
-    508: b"Loop Detected",
-}
 
 
 class Drain:
@@ -76,26 +62,20 @@ class ListenerContext:
 
     router: Router
     limits: Limits
-    exchange: ExchangeSettings
+    policy: Policy
     pool: UpstreamPool
     access_log: AccessLog
     drain: Drain
-    cache: InstanceCache | None = None  # outbound only: CONNECT checks known services
-    discovery: Discovery | None = None  # outbound only: first use of a service name
 
 
-async def serve_connection(stream: trio.SocketStream, ctx: ListenerContext) -> None:
+async def serve_connection(stream: hs.ByteStream, ctx: ListenerContext) -> None:
     """Handle one accepted connection until it closes. Never raises."""
     conn_id = next(_conn_ids)
-    try:
-        peer = stream.socket.getpeername()[0]
-    except OSError:
-        peer = "unknown"
-    down = Downstream(stream, ctx.limits, peer)
+    down = Downstream(stream, ctx.limits, hs.peer_host(stream))
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(down.reader)
-            await _requests(down, ctx, conn_id, None)
+            await _requests(down, ctx, conn_id)
             await down.linger(LINGER)
             nursery.cancel_scope.cancel()
     except Exception:
@@ -104,10 +84,9 @@ async def serve_connection(stream: trio.SocketStream, ctx: ListenerContext) -> N
         await trio.aclose_forcefully(stream)
 
 
-async def _requests(
-    down: Downstream, ctx: ListenerContext, conn_id: int, fixed: Target | None
-) -> None:
-    while not ctx.drain.draining:
+async def _requests(down: Downstream, ctx: ListenerContext, conn_id: int) -> None:
+    fixed: Target | None = None
+    while True:
         try:
             request = await _read_head(down, ctx)
         except ProxyError as exc:
@@ -123,6 +102,8 @@ async def _requests(
         if not await _one_request(down, ctx, request, conn_id, fixed):
             return
         if down.h11.our_state is not h11.DONE or down.h11.their_state is not h11.DONE:
+            return
+        if ctx.drain.draining:
             return
         down.h11.start_next_cycle()
         down.guard.next_message()
@@ -141,9 +122,11 @@ async def _read_head(down: Downstream, ctx: ListenerContext) -> h11.Request | No
                 if idle and not down.guard.at_message_start:
                     idle = False
                     ctx.drain.idle.discard(scope)
-                    scope.deadline = trio.current_time() + limits.header_timeout
+                    scope.deadline = _started_receiving(down, limits)
                 event = await _head_event(down)
                 if isinstance(event, h11.Request):
+                    if idle:  # the whole head arrived in the read that ended the idle wait
+                        _started_receiving(down, limits)
                     return event
                 if event is not None:
                     return None  # ConnectionClosed
@@ -152,6 +135,14 @@ async def _read_head(down: Downstream, ctx: ListenerContext) -> h11.Request | No
     if idle:
         return None
     raise RequestTimeout(f"request head not received within {limits.header_timeout:g}s")
+
+
+def _started_receiving(down: Downstream, limits: Limits) -> float:
+    """The first byte of a request arrived: start its deadlines; return the head's."""
+    now = trio.current_time()
+    whole = limits.request_timeout
+    down.receive_deadline = math.inf if whole is None else now + whole
+    return min(now + limits.header_timeout, down.receive_deadline)
 
 
 async def _head_event(down: Downstream) -> h11.Event | None:
@@ -174,11 +165,7 @@ async def _head_event(down: Downstream) -> h11.Event | None:
 
 
 async def _one_request(
-    down: Downstream,
-    ctx: ListenerContext,
-    request: h11.Request,
-    conn_id: int,
-    fixed: Target | None,
+    down: Downstream, ctx: ListenerContext, request: h11.Request, conn_id: int, fixed: Target | None
 ) -> bool:
     """Forward one request; True if the connection may carry another."""
     rec = AccessRecord(
@@ -187,68 +174,73 @@ async def _one_request(
         method=request.method.decode("ascii", "replace"),
         path=request.target.decode("ascii", "replace"),
     )
+    outcome: bool | Tunnel = False
     try:
-        with trio.CancelScope() as scope:
-            down.request_scope = scope
-            if down.gone:
-                scope.cancel()
-            try:
-                return await _plan_and_forward(down, ctx, request, fixed, rec)
-            finally:
-                # Out of the scope, writes (error answers) get their own deadline.
-                down.request_scope = None
-        rec.error = "downstream-disconnect"
-        return False
+        outcome = await _in_request_scope(down, ctx, request, fixed, rec)
     except ProxyError as exc:
         rec.error, rec.status = exc.kind, exc.status
         return await _send_rescue(down, exc, conn_id, head=request.method == b"HEAD")
     except DownstreamGone:
-        rec.error = "downstream-disconnect"
+        rec.error = rec.error or "downstream-disconnect"
         return False
     finally:
-        ctx.access_log.write(rec)
+        if not isinstance(outcome, Tunnel):
+            ctx.access_log.write(rec)
+    if isinstance(outcome, Tunnel):
+        await _tunnel(down, ctx, outcome, rec)
+        return False
+    return outcome
 
 
-async def _plan_and_forward(
+async def _in_request_scope(
     down: Downstream,
     ctx: ListenerContext,
     request: h11.Request,
     fixed: Target | None,
     rec: AccessRecord,
-) -> bool:
+) -> bool | Tunnel:
+    """Route and forward inside the request scope (a disconnect cancels it)."""
+    policy = ctx.policy  # one snapshot for the whole request
+    with trio.CancelScope() as scope, trio.CancelScope() as writes:
+        down.request_scope, down.write_scope = scope, writes
+        if down.gone:
+            scope.cancel()
+        try:
+            route = await ctx.router.route(request, down.guard.framing, down.peer, fixed)
+            rec.service = route.service
+            return await forward(down, request, route, ctx.router, ctx.pool, policy, rec)
+        finally:
+            # Out of the scope, writes (error answers) get their own deadline.
+            down.request_scope = down.write_scope = None
+    if writes.cancelled_caught:
+        down.gone = True
+        raise DownstreamGone("client stopped reading")
+    raise DownstreamGone("client disconnected")
+
+
+async def _tunnel(
+    down: Downstream, ctx: ListenerContext, tunnel: Tunnel, rec: AccessRecord
+) -> None:
+    """Splice a switched connection, outside any request scope; log it once it ends."""
     try:
-        plan = ctx.router.plan(request, down.guard.framing, down.peer, fixed)
-    except ServiceNotFound as missing:
-        # First use of a name: ask the registry once, then plan again.
-        if not await _resolve_first_use(ctx, missing.service):
-            raise
-        plan = ctx.router.plan(request, down.guard.framing, down.peer, fixed)
-    rec.service, rec.instance = plan.service, plan.instance
-    return await forward(down, request, plan, ctx.pool, ctx.exchange, rec)
-
-
-async def _resolve_first_use(ctx: ListenerContext, service: str | None) -> bool:
-    """Load a service the cache has never seen from the registry; True if it now has one.
-
-    Only misses pay for this: the request path reads the cache alone once a
-    service is known (the watcher `resolve` starts keeps it current).
-    """
-    if ctx.discovery is None or ctx.cache is None or service is None:
-        return False
-    try:
-        with trio.fail_after(ctx.exchange.connect_timeout):
-            await ctx.discovery.resolve(service)
-    except (RegistryError, trio.TooSlowError) as exc:
-        raise RegistryUnreachable(f"looking up {service!r}: {str(exc) or 'timed out'}") from exc
-    return ctx.cache.lookup(service) is not None
+        stats = await splice(
+            down,
+            tunnel.upstream,
+            tunnel.prefix,
+            idle_timeout=ctx.limits.tunnel_idle_timeout,
+            stall_timeout=ctx.limits.body_idle_timeout,
+        )
+        rec.bytes_in, rec.bytes_out = stats.bytes_up, stats.bytes_down
+        rec.closed_by = stats.closed_by
+    finally:
+        down.cut = True  # nothing to linger for: both directions ended
+        with trio.move_on_after(1, shield=True):
+            await trio.aclose_forcefully(tunnel.upstream)
+        ctx.access_log.write(rec)
 
 
 async def _connect(
-    down: Downstream,
-    ctx: ListenerContext,
-    request: h11.Request,
-    conn_id: int,
-    fixed: Target | None,
+    down: Downstream, ctx: ListenerContext, request: h11.Request, conn_id: int, fixed: Target | None
 ) -> Target | None:
     """`CONNECT <service>:<port>`: answer 200 and serve the tunnel as HTTP/1.1."""
     rec = AccessRecord(
@@ -258,21 +250,13 @@ async def _connect(
         path=request.target.decode("ascii", "replace"),
     )
     try:
-        try:
-            host, port = parse_authority(request.target)
-        except BadRequest as exc:
-            raise MethodNotAllowed("CONNECT needs <service-name>:<port>") from exc
-        known = ctx.cache is not None and (
-            ctx.cache.lookup(host) is not None or await _resolve_first_use(ctx, host)
-        )
-        if not known or fixed is not None:
-            raise MethodNotAllowed(
-                "CONNECT is only supported to a known service name (no egress tunnelling)"
-            )
+        if fixed is not None:
+            raise BadRequest("CONNECT inside a CONNECT tunnel")
+        target = await ctx.router.tunnel(request)
         event = await down.next_event()
         if not isinstance(event, h11.EndOfMessage):
             raise BadRequest("CONNECT with a body")
-        rec.service, rec.status = host, 200
+        rec.service, rec.status = target.host, 200
         established = h11.Response(status_code=200, headers=[], reason=b"Connection Established")
         await down.send(down.h11.send(established))
     except ProxyError as exc:
@@ -284,33 +268,28 @@ async def _connect(
     finally:
         ctx.access_log.write(rec)
     down.restart_http()
-    return Target(host, port, b"/")
+    return target
 
 
 async def _send_rescue(
     down: Downstream, exc: ProxyError, conn_id: int, *, close: bool = False, head: bool = False
 ) -> bool:
-    """Answer a proxy error through h11 if a response can still be sent; True to keep going."""
-    if down.h11.our_state is not h11.SEND_RESPONSE or down.gone:
+    """Answer a proxy error if a response can still be sent; True to keep going."""
+    if down.gone or down.cut:
+        return False
+    if down.h11.our_state is not h11.SEND_RESPONSE:
+        if down.h11.our_state is h11.SEND_BODY:
+            down.cut = True  # a head went out: the client must see a cut, never a clean end
         return False
     answer = rescue(exc)
     if down.h11.their_state is h11.SEND_BODY and down.guard.framing == NO_BODY:
         # A bodyless request only lacks its EndOfMessage event; take it so we can keep alive.
-        await down.next_event()
+        with contextlib.suppress(ProxyError, DownstreamGone):
+            await down.next_event()
     must_close = close or answer.close or down.h11.their_state is not h11.DONE
-    headers = answer.headers()
-    if must_close:
-        headers.append((b"connection", b"close"))
     log.debug("conn=%d answering %d %s: %s", conn_id, answer.status, answer.kind, exc.detail)
     try:
-        reason = _REASONS.get(answer.status, b"")
-        data = down.h11.send(
-            h11.Response(status_code=answer.status, headers=headers, reason=reason)
-        )
-        if not head:
-            data += down.h11.send(h11.Data(data=answer.body))
-        data += down.h11.send(h11.EndOfMessage())
-        await down.send(data)
+        await down.send(synthetic.send(down.h11, answer, close=must_close, head_only=head))
     except (h11.LocalProtocolError, DownstreamGone):
         return False
     return not must_close
@@ -318,11 +297,6 @@ async def _send_rescue(
 
 async def _send_rescue_raw(down: Downstream, exc: ProxyError, conn_id: int) -> None:
     """Answer an error found before h11 accepted a request head, then close."""
-    answer = rescue(exc)
-    log.info("conn=%d rejected request: %d %s: %s", conn_id, answer.status, answer.kind, exc.detail)
-    reason = _REASONS.get(answer.status, b"Error")
-    head = b"HTTP/1.1 %d %s\r\n" % (answer.status, reason)
-    head += b"".join(b"%s: %s\r\n" % kv for kv in answer.headers())
-    with trio.move_on_after(1):
-        with contextlib.suppress(DownstreamGone):
-            await down.send(head + b"connection: close\r\n\r\n" + answer.body)
+    log.info("conn=%d rejected request: %d %s: %s", conn_id, exc.status, exc.kind, exc.detail)
+    with trio.move_on_after(1), contextlib.suppress(DownstreamGone):
+        await down.send(synthetic.render(exc))

@@ -22,23 +22,29 @@ from trimesh.config.model import Limits
 from trimesh.errors import BadRequest, DownstreamGone, NotImplementedFraming, ProxyError
 from trimesh.http.guard import RequestGuard
 
-READ_SIZE = 65536
-# The reader pauses when this much is buffered and not yet taken (backpressure).
-HIGH_WATER = 4 * READ_SIZE
+READ_SIZE = 32768
+# The reader pauses when this much is buffered and not yet taken (backpressure):
+# what one connection may hold beyond the kernel's buffers. A head being read
+# must fit whole (the guard judges complete heads), so the mark is at least
+# `limits.max_header_bytes` + 1.
+HIGH_WATER = 32768
 
 
 class Downstream:
     __slots__ = (
         "_data",
         "_space",
+        "cut",
         "discard",
         "gone",
         "guard",
         "h11",
         "limits",
         "peer",
+        "receive_deadline",
         "request_scope",
         "stream",
+        "write_scope",
     )
 
     def __init__(self, stream: trio.SocketStream, limits: Limits, peer: str) -> None:
@@ -53,6 +59,12 @@ class Downstream:
         self.discard = False
         # The scope of the request in flight; the reader cancels it on disconnect.
         self.request_scope: trio.CancelScope | None = None
+        # Inside a request: the scope `send` re-aims as its write-stall deadline.
+        self.write_scope: trio.CancelScope | None = None
+        # When the request being read must be complete (`limits.request_timeout`).
+        self.receive_deadline = math.inf
+        # A response was cut short: close at once, never linger or keep alive.
+        self.cut = False
 
     def __repr__(self) -> str:
         return (
@@ -63,7 +75,7 @@ class Downstream:
     async def reader(self) -> None:
         """Task: move socket bytes into the guard until EOF; then cancel the request."""
         while True:
-            if self.guard.buffered >= HIGH_WATER:
+            if self.guard.buffered > max(HIGH_WATER, self.limits.max_header_bytes):
                 await self._space.park()
                 continue
             try:
@@ -87,10 +99,11 @@ class Downstream:
         destroy the error response the client has not read yet (nginx's
         lingering_close solves the same problem).
         """
-        if self.gone or self.guard.nothing_unread:
+        if self.gone or self.cut or self.guard.nothing_unread:
             return  # nothing unread: a plain close sends no RST
         self.discard = True
         self.guard.take_rest()
+        self._space.unpark_all()  # a reader parked by back-pressure must see the rest
         with trio.move_on_after(seconds):
             try:
                 await self.stream.send_eof()
@@ -134,11 +147,12 @@ class Downstream:
     async def send(self, data: bytes) -> None:
         """Write to the client; a client that stops reading for `body_idle_timeout` is gone.
 
-        Inside a request the request scope doubles as the write deadline (a
-        client that stops reading is handled exactly like one that left), which
-        saves a cancel scope per write on the hot path.
+        Inside a request, `write_scope` (owned by the connection driver, apart
+        from the request's policy deadline) is re-aimed per write, which saves
+        a cancel scope per write on the hot path; the driver turns its expiry
+        into `DownstreamGone`.
         """
-        scope = self.request_scope
+        scope = self.write_scope
         if scope is None:
             with trio.move_on_after(self.limits.body_idle_timeout) as stuck:
                 await self._send(data)

@@ -1,17 +1,28 @@
-"""One upstream exchange: send the request, stream the response back.
+"""The upstream driver: attempts, then one commit.
 
-A request without a body is sent in one write and needs no extra task; a
-request with a body runs its body pump beside the response reader (nursery
-of two), so `Expect: 100-continue` and early responses cannot deadlock.
+An **attempt** picks an endpoint, checks out (or opens) a connection, sends
+the request and waits for the response head: nothing is written to the
+client yet, so another attempt, or an error answer, is still possible. A
+reused connection that fails before a single response byte (the upstream
+closed it while it sat idle) is `_Stale`: an idempotent request is sent
+again on a fresh connection, its body replayed from the `ReplayBody`; a
+refused connection moves on to another candidate (nothing was sent).
+**Commit** (`relay.commit`) writes the head and streams the body.
 
-Error handling: upstream failures raise `UpstreamConnect`, `UpstreamTimeout`
-or `UpstreamProtocol`; a client that goes away raises `DownstreamGone`.
-Resource handling: the upstream connection goes back to the pool only when
-both h11 machines finished cleanly; otherwise it is closed before returning.
+A request without a body is sent in one write and needs no extra task; one
+with a body runs its pump beside the head wait and the relay (nursery of
+two), so `Expect: 100-continue` and early responses cannot deadlock.
+
+Error handling: raises `UpstreamConnect`, `UpstreamTimeout`,
+`UpstreamProtocol`, or `DownstreamGone`. Resource handling: the connection
+goes back to the pool only after a clean end (`pool.checkin`); otherwise it
+is closed before returning, except a switched (101) connection, which the
+returned `Tunnel` owns.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import attrs
@@ -19,313 +30,345 @@ import h11
 import trio
 
 from trimesh.errors import (
+    BadRequest,
     DownstreamGone,
     ProxyError,
-    RequestTimeout,
     UpstreamConnect,
     UpstreamProtocol,
     UpstreamTimeout,
 )
-from trimesh.http import headers as hh
 from trimesh.http import pool as hpool
+from trimesh.http import stream as hs
+from trimesh.http.body import ReplayBody
 from trimesh.http.downstream import Downstream
+from trimesh.http.endpoint import EndpointState
 from trimesh.http.pool import UpstreamConnection, UpstreamPool
-from trimesh.http.tunnel import splice, valid_websocket_switch
-from trimesh.mesh.plan import Plan
+from trimesh.http.relay import Tunnel, commit, response_event, switch_event
+from trimesh.http.route import Route, Router
+from trimesh.http.tunnel import valid_websocket_switch
 from trimesh.observe.accesslog import AccessRecord
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
-FLUSH_AT = 65536
 EOM = h11.EndOfMessage()
+# Fresh connections tried after stale pooled ones, per request.
+MAX_STALE_RETRIES = 2
 
 
 @attrs.frozen
-class ExchangeSettings:
+class Policy:
+    """The settings one request runs under: read once per request, never mid-request."""
+
     connect_timeout: float
     response_timeout: float
     body_idle_timeout: float
     via_token: bytes
+    max_response_head: int = hpool.MAX_RESPONSE_HEAD
+    replay_limit: int = 64 * 1024
+    allow_underscores: bool = False
     # True once the sidecar drains: responses then say `Connection: close`.
     draining: Callable[[], bool] = lambda: False
 
 
 class _Stale(Exception):
-    """A reused connection failed before the upstream saw or answered anything."""
+    """A reused connection failed before the upstream answered a single byte."""
 
 
 @attrs.define(slots=True)
-class _BodyState:
-    done: bool = False
-    error: BaseException | None = None
-    # The response-head wait: its deadline starts when the body is fully sent.
-    head_scope: trio.CancelScope | None = None
+class _Exchange:
+    """One request's state across its attempts."""
+
+    down: Downstream
+    request: h11.Request
+    route: Route
+    policy: Policy
+    rec: AccessRecord
+    body: ReplayBody | None
+    # The response-head deadline starts once the body is fully sent.
+    body_sent: bool = False
+    head_wait: trio.CancelScope | None = None
+    pump_error: BaseException | None = None
 
 
 async def forward(
     down: Downstream,
     request: h11.Request,
-    plan: Plan,
+    route: Route,
+    router: Router,
     pool: UpstreamPool,
-    cfg: ExchangeSettings,
+    policy: Policy,
     rec: AccessRecord,
-) -> bool:
-    """Run the exchange; return True if the downstream connection may be reused."""
+) -> bool | Tunnel:
+    """Run attempts until one commits; True if the downstream connection may be reused."""
     framing = down.guard.framing
     bodyless = not framing.chunked and not framing.content_length
-    event = h11.Request(
-        method=request.method, target=plan.target, headers=plan.headers, _parsed=True
-    )
+    body = None if bodyless else ReplayBody(down, policy.replay_limit, policy.body_idle_timeout)
     if bodyless:
-        await _expect(down, h11.EndOfMessage)
-    conn = pool.checkout(plan.endpoint)
-    await pool.reap()
-    retry_ok = request.method in IDEMPOTENT and bodyless
+        await _client_eom(down)
+    ex = _Exchange(down, request, route, policy, rec, body, body_sent=bodyless)
     try:
-        if conn is not None:
-            try:
-                await _start(conn, event, bodyless, cfg)
-            except _Stale:
-                await hpool.close(conn)
-                conn = None
-                if not retry_ok:
-                    raise UpstreamProtocol("pooled connection closed by upstream") from None
+        return await _attempts(ex, router, pool)
+    finally:
+        if body is not None:
+            rec.bytes_in = body.received
+
+
+async def _attempts(ex: _Exchange, router: Router, pool: UpstreamPool) -> bool | Tunnel:
+    """Pick, attempt, and on a stale or refused connection pick again."""
+    route, policy, rec, request = ex.route, ex.policy, ex.rec, ex.request
+    tried: list[hpool.Endpoint] = []
+    stale = 0
+    while True:
+        candidate = router.pick(route, tried)
+        if candidate is None:
+            raise UpstreamConnect(f"no instance of {route.service!r} accepted a connection")
+        endpoint = candidate.endpoint
+        rec.instance = candidate.instance_id
+        conn = pool.checkout(endpoint) if stale == 0 else None
+        await pool.reap()
         if conn is None:
-            conn = await _connect(plan, cfg)
-            try:
-                await _start(conn, event, bodyless, cfg)
-            except _Stale:
-                raise UpstreamProtocol("upstream closed the connection") from None
-        rec.upstream = f"{plan.endpoint[0]}:{plan.endpoint[1]}"
-        if bodyless:
-            reusable = await _relay(down, conn, request, plan, cfg, rec, body_done=True)
+            conn = await _connect(endpoint, policy, tried)
+            if conn is None:
+                continue  # refused: nothing was sent, try another instance
+        try:
+            return await _attempt(ex, conn, pool)
+        except _Stale:
+            stale += 1
+            if stale > MAX_STALE_RETRIES or not _replayable(ex):
+                raise UpstreamProtocol(
+                    f"{endpoint[0]}:{endpoint[1]} closed a kept-alive connection; "
+                    f"not sent again: {request.method.decode()} is not idempotent"
+                    if request.method not in IDEMPOTENT
+                    else f"{endpoint[0]}:{endpoint[1]} closed a kept-alive connection"
+                ) from None
+            assert ex.body is None or ex.body.rewind()
+
+
+def _replayable(ex: _Exchange) -> bool:
+    return ex.request.method in IDEMPOTENT and (ex.body is None or ex.body.replayable)
+
+
+async def _connect(
+    endpoint: hpool.Endpoint, policy: Policy, tried: list[hpool.Endpoint]
+) -> UpstreamConnection | None:
+    """A new connection, or None when it was refused (the caller picks again)."""
+    where = f"{endpoint[0]}:{endpoint[1]}"
+    try:
+        with trio.fail_after(policy.connect_timeout):
+            return await hpool.connect(endpoint, policy.max_response_head)
+    except trio.TooSlowError:
+        raise UpstreamConnect(f"connect to {where} timed out") from None
+    except OSError as exc:
+        if hs.refused(exc):
+            tried.append(endpoint)
+            return None
+        raise UpstreamConnect(f"{where}: {exc.strerror or exc}") from exc
+
+
+async def _attempt(ex: _Exchange, conn: UpstreamConnection, pool: UpstreamPool) -> bool | Tunnel:
+    """One attempt on `conn`, committed if its head arrives. Closes `conn` unless pooled."""
+    state = pool.state(conn.endpoint)
+    state.started()
+    started = trio.current_time()
+    outcome: bool | Tunnel | None = None
+    reported = False
+    try:
+        event = h11.Request(
+            method=ex.request.method, target=ex.route.target, headers=ex.route.headers, _parsed=True
+        )
+        if ex.body is None:
+            await _send(conn, _serialize(conn, event) + conn.h11.send(EOM))
+            head = await _await_head(ex, conn)
+            state.succeeded(trio.current_time() - started)
+            reported = True
+            outcome = await _committed(ex, conn, head)
         else:
-            reusable = await _with_body(down, conn, request, plan, cfg, rec)
-        if not pool.checkin(conn):
-            await hpool.close(conn)
-        return reusable
-    except BaseException:
-        if conn is not None:
-            await hpool.close(conn)
+            outcome = await _with_body(ex, conn, event, state, started)
+            reported = True
+        return outcome
+    except (_Stale, ProxyError):
+        if not reported:
+            state.failed()
+            reported = True
         raise
+    finally:
+        if not reported:
+            state.abandoned()
+        if not isinstance(outcome, Tunnel) and not (outcome is not None and pool.checkin(conn)):
+            await hpool.close(conn)
 
 
-async def _connect(plan: Plan, cfg: ExchangeSettings) -> UpstreamConnection:
-    with trio.move_on_after(cfg.connect_timeout) as scope:
-        return await hpool.connect(plan.endpoint)
-    assert scope.cancelled_caught
-    raise UpstreamConnect(f"connect to {plan.endpoint[0]}:{plan.endpoint[1]} timed out")
+async def _with_body(
+    ex: _Exchange,
+    conn: UpstreamConnection,
+    event: h11.Request,
+    state: EndpointState,
+    started: float,
+) -> bool | Tunnel:
+    """Body pump ‖ head wait and relay; the pump's failure wins over the relay's."""
+    ex.pump_error = None
+    await _send(conn, _serialize(conn, event))
+    outcome: bool | Tunnel = False
+    failure: Exception | None = None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_pump, ex, conn, nursery.cancel_scope)
+        try:
+            head = await _await_head(ex, conn)
+            state.succeeded(trio.current_time() - started)
+            outcome = await _committed(ex, conn, head)
+        except (_Stale, ProxyError, DownstreamGone) as exc:
+            failure = exc  # raised below: a nursery would wrap it in a group
+        # An early response ends the exchange; an unfinished body forbids reuse.
+        nursery.cancel_scope.cancel()
+    if ex.pump_error is not None:
+        raise ex.pump_error
+    if failure is not None:
+        raise failure
+    assert ex.body is not None
+    if outcome is True and not ex.body.done:
+        return False
+    return outcome
 
 
-async def _start(
-    conn: UpstreamConnection, event: h11.Request, bodyless: bool, cfg: ExchangeSettings
-) -> None:
-    """Send the head (and end of message when bodyless); `_Stale` if the peer is gone."""
-    data = conn.h11.send(event)
-    if bodyless:
-        data += conn.h11.send(EOM)
+async def _pump(ex: _Exchange, conn: UpstreamConnection, scope: trio.CancelScope) -> None:
+    """Move request body events (replayed first, then live) to the upstream."""
+    body = ex.body
+    assert body is not None
+    try:
+        while True:
+            event = await body.next()
+            with trio.move_on_after(ex.policy.body_idle_timeout) as stuck:
+                try:
+                    await conn.stream.send_all(conn.h11.send(event))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    conn.h11.send_failed()
+                    return  # the head wait sees the upstream's answer, its reset or EOF
+            if stuck.cancelled_caught:
+                conn.h11.send_failed()
+                raise UpstreamTimeout("upstream stopped reading the request body")
+            if isinstance(event, h11.EndOfMessage):
+                ex.body_sent = True
+                if ex.head_wait is not None:
+                    ex.head_wait.deadline = trio.current_time() + ex.policy.response_timeout
+                return
+    except (ProxyError, DownstreamGone) as exc:
+        ex.pump_error = exc
+        scope.cancel()
+
+
+def _serialize(conn: UpstreamConnection, event: h11.Request) -> bytes:
+    """The request head; what h11 refuses to write is the client's request's fault."""
+    try:
+        return conn.h11.send(event)
+    except h11.LocalProtocolError as exc:
+        raise BadRequest(f"cannot forward this request: {exc}") from exc
+
+
+async def _client_eom(down: Downstream) -> None:
+    event = await down.next_event()
+    if not isinstance(event, h11.EndOfMessage):
+        raise BadRequest(f"unexpected client event {event!r}")
+
+
+async def _send(conn: UpstreamConnection, data: bytes) -> None:
+    """Write to the upstream; a reused connection that fails here is `_Stale`."""
     conn.requests += 1
     try:
         await conn.stream.send_all(data)
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         conn.h11.send_failed()
-        raise _Stale() from exc
+        if conn.reused:
+            raise _Stale() from exc
+        raise UpstreamProtocol("upstream closed the connection while we sent the request") from exc
 
 
-async def _expect(down: Downstream, kind: type[h11.Event]) -> h11.Event:
-    event = await down.next_event()
-    if not isinstance(event, kind):
-        raise UpstreamProtocol(f"unexpected client event {event!r}")
-    return event
+async def _await_head(
+    ex: _Exchange, conn: UpstreamConnection
+) -> h11.Response | h11.InformationalResponse:
+    """The final response head; 1xx are relayed on the way. Nothing final is written."""
+    while True:
+        event = await _head_event(ex, conn)
+        if isinstance(event, h11.Response):
+            return event
+        if not isinstance(event, h11.InformationalResponse):
+            raise UpstreamProtocol(f"unexpected response event {event!r}")
+        if event.status_code == 101:
+            return event  # a switch: `_committed` handles it
+        if ex.down.h11.their_http_version == b"1.1":
+            informational, _, _ = response_event(event, ex.policy, close=False)
+            await ex.down.send(ex.down.h11.send(informational))
 
 
-async def _up_event(conn: UpstreamConnection, *, first: bool = False) -> h11.Event:
-    """The next response event; `_Stale` when a reused connection closes before a byte."""
+async def _head_event(ex: _Exchange, conn: UpstreamConnection) -> h11.Event:
+    """The next head event within `response_timeout` of the request being sent."""
+    with trio.CancelScope() as scope:
+        scope.deadline = (
+            trio.current_time() + ex.policy.response_timeout if ex.body_sent else math.inf
+        )
+        ex.head_wait = scope
+        try:
+            return await _first_event(conn)
+        finally:
+            ex.head_wait = None
+    raise UpstreamTimeout(f"no response within {ex.policy.response_timeout:g}s")
+
+
+async def _first_event(conn: UpstreamConnection) -> h11.Event:
+    """Parse or read the next event; `_Stale` if a reused connection ends before a byte."""
+    fed = len(conn.h11.trailing_data[0])
     while True:
         try:
             event = conn.h11.next_event()
         except h11.RemoteProtocolError as exc:
-            raise UpstreamProtocol(f"malformed response: {exc}") from exc
+            if conn.h11.trailing_data == (b"", True):
+                raise _closed_early(conn) from exc  # EOF where a response should start
+            raise _malformed(exc, conn) from exc
         if event is not h11.NEED_DATA:
             if isinstance(event, h11.ConnectionClosed):
-                if first and conn.requests > 1:
-                    raise _Stale()
-                raise UpstreamProtocol("upstream closed the connection before responding")
+                raise _closed_early(conn)
+            # h11 bounds only heads still incomplete; one that arrived whole is measured here.
+            if fed - len(conn.h11.trailing_data[0]) > conn.max_head:
+                raise UpstreamProtocol(f"response head too large (over {conn.max_head} bytes)")
             return event  # type: ignore[return-value]
         try:
             data = await conn.stream.receive_some(65536)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            if first and conn.requests > 1:
-                raise _Stale() from exc
-            raise UpstreamProtocol("upstream reset the connection") from exc
+            raise _closed_early(conn, reset=True) from exc
+        fed += len(data)
         conn.h11.receive_data(data)
 
 
-async def _response_head(
-    conn: UpstreamConnection, cfg: ExchangeSettings, state: _BodyState | None = None
-) -> h11.Event:
-    """The first response event, within `response_timeout` of the request being sent."""
-    with trio.CancelScope() as scope:
-        if state is None or state.done:
-            scope.deadline = trio.current_time() + cfg.response_timeout
-        else:
-            state.head_scope = scope
-        return await _up_event(conn, first=True)
-    assert scope.cancelled_caught
-    raise UpstreamTimeout(f"no response within {cfg.response_timeout:g}s")
+def _closed_early(conn: UpstreamConnection, *, reset: bool = False) -> Exception:
+    if conn.reused and not conn.h11.trailing_data[0]:
+        return _Stale()
+    what = "reset" if reset else "closed"
+    return UpstreamProtocol(f"upstream {what} the connection before responding")
 
 
-async def _relay(
-    down: Downstream,
-    conn: UpstreamConnection,
-    request: h11.Request,
-    plan: Plan,
-    cfg: ExchangeSettings,
-    rec: AccessRecord,
-    *,
-    body_done: bool,
-    state: _BodyState | None = None,
-) -> bool:
-    """Stream the response to the client; True if both connections may be reused."""
-    try:
-        event = await _response_head(conn, cfg, state)
-    except _Stale:
-        raise UpstreamProtocol("pooled connection closed by upstream") from None
-    while isinstance(event, h11.InformationalResponse):
-        if event.status_code == 101:
-            return await _switch(down, conn, request, event, cfg, rec)
-        await down.send(down.h11.send(event))
-        event = await _response_head(conn, cfg, state)
-    if not isinstance(event, h11.Response):
-        raise UpstreamProtocol(f"unexpected response event {event!r}")
-    finished = body_done or (state is not None and state.done)
-    close = not finished or cfg.draining()
-    out = bytearray(down.h11.send(_response_event(event, cfg.via_token, close=close)))
-    rec.status = event.status_code
-    while True:
-        event = await _body_event(conn, cfg)
-        if isinstance(event, h11.Data):
-            rec.bytes_out += len(event.data)
-            out += down.h11.send(event)
-            if len(out) >= FLUSH_AT:
-                await down.send(bytes(out))
-                out.clear()
-            continue
-        if isinstance(event, h11.EndOfMessage):
-            out += down.h11.send(event)
-            await down.send(bytes(out))
-            return finished and down.h11.our_state is h11.DONE
-        raise UpstreamProtocol(f"unexpected response event {event!r}")
+def _malformed(exc: h11.RemoteProtocolError, conn: UpstreamConnection) -> UpstreamProtocol:
+    if exc.error_status_hint == 431:
+        return UpstreamProtocol(f"response head too large (over {conn.max_head} bytes)")
+    return UpstreamProtocol(f"malformed response: {exc}")
 
 
-async def _body_event(conn: UpstreamConnection, cfg: ExchangeSettings) -> h11.Event:
-    """The next body event: parsed from buffered bytes if possible, else read idle-bounded."""
-    try:
-        event = conn.h11.next_event()
-    except h11.RemoteProtocolError as exc:
-        raise UpstreamProtocol(f"malformed response: {exc}") from exc
-    if event is not h11.NEED_DATA and not isinstance(event, h11.ConnectionClosed):
-        return event  # type: ignore[return-value]
-    with trio.move_on_after(cfg.body_idle_timeout) as scope:
-        return await _up_event(conn)
-    assert scope.cancelled_caught
-    raise UpstreamTimeout("response body stalled")
-
-
-def _response_event(resp: h11.Response, via: bytes, *, close: bool) -> h11.Response:
-    kept, length = hh.end_to_end(hh.items(resp.headers))
-    if length is not None:
-        kept.append((b"content-length", length))
-    hh.append_list(kept, b"via", b"1.1 " + via)
-    if close:
-        kept.append((b"connection", b"close"))
-    return h11.Response(
-        status_code=resp.status_code, headers=kept, reason=resp.reason, _parsed=True
-    )
+async def _committed(
+    ex: _Exchange, conn: UpstreamConnection, head: h11.Response | h11.InformationalResponse
+) -> bool | Tunnel:
+    if isinstance(head, h11.InformationalResponse):
+        return await _switch(ex, conn, head)
+    ex.rec.upstream = f"{conn.endpoint[0]}:{conn.endpoint[1]}"
+    return await commit(ex.down, conn, head, ex.policy, ex.rec, lambda: ex.body_sent)
 
 
 async def _switch(
-    down: Downstream,
-    conn: UpstreamConnection,
-    request: h11.Request,
-    event: h11.InformationalResponse,
-    cfg: ExchangeSettings,
-    rec: AccessRecord,
-) -> bool:
-    """The upstream accepted a WebSocket upgrade: validate, answer 101, tunnel."""
-    if not valid_websocket_switch(hh.items(request.headers), hh.items(event.headers)):
+    ex: _Exchange, conn: UpstreamConnection, event: h11.InformationalResponse
+) -> Tunnel:
+    """The upstream accepted a WebSocket upgrade: validate, answer 101, hand over a tunnel."""
+    request_headers = ex.route.headers
+    if not ex.route.websocket or not valid_websocket_switch(request_headers, list(event.headers)):
         raise UpstreamProtocol("invalid 101 Switching Protocols for websocket")
-    kept, _ = hh.end_to_end(hh.items(event.headers), keep_upgrade=True)
-    hh.append_list(kept, b"via", b"1.1 " + cfg.via_token)
-    switch = h11.InformationalResponse(status_code=101, headers=kept, reason=event.reason)
-    rec.status = 101
-    await down.send(down.h11.send(switch))
+    switch = switch_event(event, ex.policy)
+    ex.rec.status = 101
+    ex.rec.upstream = f"{conn.endpoint[0]}:{conn.endpoint[1]}"
+    await ex.down.send(ex.down.h11.send(switch))
     prefix, _ = conn.h11.trailing_data
-    rec.bytes_out += await splice(down, conn.stream, bytes(prefix))
-    return False
-
-
-async def _with_body(
-    down: Downstream,
-    conn: UpstreamConnection,
-    request: h11.Request,
-    plan: Plan,
-    cfg: ExchangeSettings,
-    rec: AccessRecord,
-) -> bool:
-    """Body pump ‖ response relay; True if both sides may be reused."""
-    state = _BodyState()
-    reusable = False
-    failure: BaseException | None = None
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_pump_body, down, conn, cfg, rec, state, nursery.cancel_scope)
-        try:
-            reusable = await _relay(
-                down, conn, request, plan, cfg, rec, body_done=False, state=state
-            )
-        except (ProxyError, DownstreamGone) as exc:
-            failure = exc
-        # An early response ends the exchange; an unfinished body forbids reuse.
-        nursery.cancel_scope.cancel()
-    if state.error is not None:
-        raise state.error
-    if failure is not None:
-        raise failure
-    return reusable and state.done
-
-
-async def _pump_body(
-    down: Downstream,
-    conn: UpstreamConnection,
-    cfg: ExchangeSettings,
-    rec: AccessRecord,
-    state: _BodyState,
-    scope: trio.CancelScope,
-) -> None:
-    """Move request body events from the client to the upstream, idle-bounded."""
-    try:
-        while True:
-            with trio.move_on_after(cfg.body_idle_timeout) as idle:
-                event = await down.next_event()
-            if idle.cancelled_caught:
-                raise RequestTimeout("request body stalled")
-            if isinstance(event, h11.Data):
-                rec.bytes_in += len(event.data)
-            elif not isinstance(event, h11.EndOfMessage):
-                raise UpstreamProtocol(f"unexpected client event {event!r}")
-            with trio.move_on_after(cfg.body_idle_timeout) as stuck:
-                try:
-                    await conn.stream.send_all(conn.h11.send(event))
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    conn.h11.send_failed()
-                    return  # the relay sees the upstream's answer or its reset
-            if stuck.cancelled_caught:
-                conn.h11.send_failed()
-                raise UpstreamTimeout("upstream stopped reading the request body")
-            if isinstance(event, h11.EndOfMessage):
-                state.done = True
-                if state.head_scope is not None:
-                    state.head_scope.deadline = trio.current_time() + cfg.response_timeout
-                return
-    except (ProxyError, DownstreamGone) as exc:
-        state.error = exc
-        scope.cancel()
+    return Tunnel(conn.stream, bytes(prefix))

@@ -1,39 +1,48 @@
-"""Keep-alive upstream connections, pooled per endpoint.
+"""Keep-alive upstream connections, pooled per endpoint, and each endpoint's state.
 
 The pool decides synchronously (which idle connection to reuse, which to
 drop), then the caller does the I/O; closing happens under a bounded shield.
-A connection is only checked back in when both h11 machines reached DONE
-cleanly; everything else is closed.
+A connection is checked back in only when both h11 machines reached DONE
+cleanly *and* the upstream sent nothing past its response: a stray byte
+would otherwise become the next client's response (pool poisoning).
 """
 
 from __future__ import annotations
 
-import select
 from collections import deque
 from itertools import count
 
 import h11
 import trio
 
-from trimesh.errors import UpstreamConnect
+from trimesh.http import stream as hs
+from trimesh.http.endpoint import EndpointState
+from trimesh.http.stream import ByteStream, Endpoint
 
-Endpoint = tuple[str, int]
+__all__ = ["Endpoint", "UpstreamConnection", "UpstreamPool", "close"]
 MAX_RESPONSE_HEAD = 64 * 1024
+# Retire a connection this long before the upstream's announced keep-alive timeout.
+KEEPALIVE_MARGIN = 1.0
 _ids = count(1)
 
 
 class UpstreamConnection:
     """One TCP connection to an upstream endpoint and its h11 CLIENT machine."""
 
-    __slots__ = ("endpoint", "h11", "id", "idle_since", "requests", "stream")
+    __slots__ = ("endpoint", "expires", "h11", "id", "idle_since", "max_head", "requests", "stream")
 
-    def __init__(self, endpoint: Endpoint, stream: trio.SocketStream) -> None:
+    def __init__(
+        self, endpoint: Endpoint, stream: ByteStream, max_head: int = MAX_RESPONSE_HEAD
+    ) -> None:
         self.endpoint = endpoint
         self.stream = stream
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_head)
+        self.max_head = max_head
         self.id = next(_ids)
         self.idle_since = 0.0
         self.requests = 0
+        # When the upstream said it will close an idle connection (Keep-Alive: timeout=N).
+        self.expires = float("inf")
 
     def __repr__(self) -> str:
         return (
@@ -42,17 +51,21 @@ class UpstreamConnection:
         )
 
     @property
-    def reusable(self) -> bool:
-        return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
+    def reused(self) -> bool:
+        """True once this connection carried an earlier exchange."""
+        return self.requests > 1
 
-    def peer_closed(self) -> bool:
-        """True if the idle socket is readable: EOF, reset, or bytes nobody asked for."""
-        try:
-            poller = select.poll()
-            poller.register(self.stream.socket.fileno(), select.POLLIN)
-            return bool(poller.poll(0))
-        except (OSError, ValueError):
-            return True
+    def keepalive_hint(self, seconds: float | None) -> None:
+        if seconds is not None:
+            self.expires = trio.current_time() + max(0.0, seconds - KEEPALIVE_MARGIN)
+
+    def clean_end(self) -> bool:
+        """Both machines DONE, and not one byte (or EOF) past the response."""
+        conn = self.h11
+        if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+            return False
+        leftover, closed = conn.trailing_data
+        return not leftover and not closed and not hs.has_input(self.stream)
 
 
 class UpstreamPool:
@@ -63,35 +76,62 @@ class UpstreamPool:
         self.idle_timeout = idle_timeout
         self._idle: dict[Endpoint, deque[UpstreamConnection]] = {}
         self._doomed: list[UpstreamConnection] = []
+        self.endpoints: dict[Endpoint, EndpointState] = {}
+        # Connections closed because the upstream wrote past its response.
+        self.poisoned = 0
+        # Idle connections retired: expired, past their keep-alive hint, or closed by the peer.
+        self.retired = 0
 
     def __repr__(self) -> str:
         idle = {f"{h}:{p}": len(q) for (h, p), q in self._idle.items() if q}
-        return f"<UpstreamPool idle={idle} closing={len(self._doomed)}>"
+        return (
+            f"<UpstreamPool idle={idle} closing={len(self._doomed)} "
+            f"poisoned={self.poisoned} retired={self.retired}>"
+        )
+
+    def state(self, endpoint: Endpoint) -> EndpointState:
+        found = self.endpoints.get(endpoint)
+        if found is None:
+            found = self.endpoints[endpoint] = EndpointState()
+        return found
 
     def idle_count(self, endpoint: Endpoint | None = None) -> int:
         if endpoint is not None:
             return len(self._idle.get(endpoint, ()))
         return sum(len(q) for q in self._idle.values())
 
+    def _alive(self, conn: UpstreamConnection, now: float) -> bool:
+        return (
+            conn.idle_since >= now - self.idle_timeout
+            and now < conn.expires
+            and not hs.has_input(conn.stream)
+        )
+
     def checkout(self, endpoint: Endpoint) -> UpstreamConnection | None:
         """A live idle connection to `endpoint`, or None. Stale ones are set aside to close."""
         queue = self._idle.get(endpoint)
         if not queue:
             return None
-        oldest_ok = trio.current_time() - self.idle_timeout
+        now = trio.current_time()
         while queue:
             conn = queue.pop()
-            if conn.idle_since >= oldest_ok and not conn.peer_closed():
+            if self._alive(conn, now):
                 return conn
+            self.retired += 1
             self._doomed.append(conn)
         return None
 
     def checkin(self, conn: UpstreamConnection) -> bool:
         """Return a cleanly finished connection to the pool; False if it must be closed."""
-        if not conn.reusable:
+        conn_h11 = conn.h11
+        if conn_h11.our_state is h11.DONE and conn_h11.their_state is h11.DONE:
+            if not conn.clean_end():
+                self.poisoned += 1
+                return False
+        else:
             return False
         try:
-            conn.h11.start_next_cycle()
+            conn_h11.start_next_cycle()
         except h11.LocalProtocolError:
             return False
         conn.idle_since = trio.current_time()
@@ -102,15 +142,25 @@ class UpstreamPool:
         return True
 
     def expire(self) -> None:
-        """Set aside every idle connection past the idle timeout or closed by its peer."""
-        oldest_ok = trio.current_time() - self.idle_timeout
+        """Set aside every idle connection past its timeouts or closed by its peer."""
+        now = trio.current_time()
         for endpoint, queue in list(self._idle.items()):
-            keep = deque(c for c in queue if c.idle_since >= oldest_ok and not c.peer_closed())
-            self._doomed.extend(c for c in queue if c not in keep)
+            keep = deque(c for c in queue if self._alive(c, now))
+            gone = [c for c in queue if c not in keep]
+            self.retired += len(gone)
+            self._doomed.extend(gone)
             if keep:
                 self._idle[endpoint] = keep
             else:
                 del self._idle[endpoint]
+
+    def next_expiry(self) -> float:
+        """The earliest time an idle connection must be retired (for the reaper)."""
+        soonest = trio.current_time() + max(self.idle_timeout / 2, 0.05)
+        for queue in self._idle.values():
+            for conn in queue:
+                soonest = min(soonest, conn.expires, conn.idle_since + self.idle_timeout)
+        return soonest
 
     def close_all(self) -> None:
         for queue in self._idle.values():
@@ -119,25 +169,23 @@ class UpstreamPool:
 
     async def reap(self) -> None:
         """Close what `checkout`/`expire`/`close_all` set aside (bounded, shielded)."""
+        if not self._doomed:
+            return
         doomed, self._doomed = self._doomed, []
         for conn in doomed:
             await close(conn)
 
     async def reaper(self) -> None:
-        """Runs forever in the root nursery: expire idle connections periodically."""
+        """Runs forever in the root nursery: retire idle connections when they are due."""
         while True:
-            await trio.sleep(max(self.idle_timeout / 2, 0.05))
+            await trio.sleep_until(max(self.next_expiry(), trio.current_time() + 0.05))
             self.expire()
             await self.reap()
 
 
-async def connect(endpoint: Endpoint) -> UpstreamConnection:
-    """Open a new connection. Raises `UpstreamConnect`; the caller owns the deadline."""
-    try:
-        stream = await trio.open_tcp_stream(*endpoint)
-    except OSError as exc:
-        raise UpstreamConnect(f"{endpoint[0]}:{endpoint[1]}: {exc.strerror or exc}") from exc
-    return UpstreamConnection(endpoint, stream)
+async def connect(endpoint: Endpoint, max_head: int = MAX_RESPONSE_HEAD) -> UpstreamConnection:
+    """Open a new connection. Raises `OSError`; the caller owns the deadline."""
+    return UpstreamConnection(endpoint, await hs.open_tcp(endpoint), max_head)
 
 
 async def close(conn: UpstreamConnection) -> None:

@@ -1,11 +1,15 @@
-"""What to do with one request: where it goes and with which headers.
+"""Where one request goes: the `Route` a router decides, and the `Router` protocol.
 
-A `Router` (outbound or inbound) turns an h11 request into a `Plan`; the
-exchange code only executes plans. Pure and synchronous.
+Routing (which service, which candidate endpoints, which headers) is decided
+once per request; picking one endpoint is a separate step the attempt loop
+takes, so a retry or a refused connection can pick again. Pure and
+synchronous except for `Router.route`, which may await the registry on the
+first use of a service name.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import attrs
@@ -13,17 +17,24 @@ import h11
 
 from trimesh.http import headers as hh
 from trimesh.http.guard import Framing
-from trimesh.http.pool import Endpoint
+from trimesh.http.stream import Endpoint
 from trimesh.http.target import Target
 
 
-@attrs.define(slots=True)
-class Plan:
+@attrs.frozen
+class Candidate:
+    """One endpoint a request may go to."""
+
     endpoint: Endpoint
+    instance_id: str
+
+
+@attrs.define(slots=True)
+class Route:
     target: bytes
     headers: hh.Headers
+    candidates: Sequence[Candidate]
     service: str | None = None
-    instance: str | None = None
     websocket: bool = False
 
 
@@ -33,9 +44,17 @@ class Router(Protocol):
     direction: str
     via_token: bytes
 
-    def plan(
+    async def route(
         self, request: h11.Request, framing: Framing, peer: str, fixed: Target | None
-    ) -> Plan: ...
+    ) -> Route: ...
+
+    def pick(self, route: Route, tried: Sequence[Endpoint]) -> Candidate | None:
+        """One candidate not in `tried` (the balancer's choice), or None if none is left."""
+        ...
+
+    async def tunnel(self, request: h11.Request) -> Target:
+        """Accept `CONNECT` to a target, or raise (`MethodNotAllowed`)."""
+        ...
 
 
 def forward_headers(
@@ -46,9 +65,12 @@ def forward_headers(
     peer: str,
     via_token: bytes,
     drop: frozenset[bytes] = frozenset(),
+    allow_underscores: bool = False,
 ) -> hh.Headers:
     """End-to-end request headers plus regenerated framing, X-Forwarded-For and Via."""
-    kept, length = hh.end_to_end(received, keep_upgrade=websocket, drop=drop)
+    kept, length = hh.end_to_end(
+        received, keep_upgrade=websocket, drop=drop, allow_underscores=allow_underscores
+    )
     if framing.chunked:
         kept.append((b"transfer-encoding", b"chunked"))
     elif length is not None:

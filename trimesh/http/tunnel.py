@@ -6,6 +6,7 @@ import base64
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 
+import attrs
 import trio
 
 from trimesh.http.downstream import Downstream
@@ -45,45 +46,93 @@ def valid_websocket_switch(
     )
 
 
-async def splice(down: Downstream, up: trio.SocketStream, up_prefix: bytes) -> int:
-    """Copy bytes both ways until both sides close; return bytes moved.
+@attrs.define(slots=True)
+class TunnelStats:
+    """What a tunnel moved, and which side ended it."""
 
-    When one side sends EOF we half-close the other and give the remaining
-    direction `LINGER` seconds to finish (a WebSocket close frame in reply).
+    bytes_up: int = 0
+    bytes_down: int = 0
+    closed_by: str | None = None
+
+
+async def splice(
+    down: Downstream,
+    up: trio.SocketStream,
+    up_prefix: bytes,
+    *,
+    idle_timeout: float,
+    stall_timeout: float,
+    grace: float = 5.0,
+) -> TunnelStats:
+    """Copy bytes both ways until both directions end; return what moved.
+
+    Each direction ends on its own EOF and passes the half-close on
+    (`send_eof`); the other direction then gets `grace` seconds to finish
+    (a WebSocket Close reply). A write that stalls for `stall_timeout`, or
+    no byte either way for `idle_timeout`, ends the tunnel.
     Resource handling: the caller closes both streams.
     """
-    moved = 0
+    stats = TunnelStats()
+    with trio.CancelScope(deadline=trio.current_time() + idle_timeout) as tunnel:
 
-    async def to_upstream() -> None:
-        nonlocal moved
-        while data := await down.receive_raw():
-            moved += len(data)
-            await up.send_all(data)
-        await up.send_eof()
+        def moved() -> None:
+            if stats.closed_by is None:  # once one side ended, only the grace period counts
+                tunnel.deadline = trio.current_time() + idle_timeout
 
-    async def to_downstream() -> None:
-        nonlocal moved
-        if up_prefix:
-            await down.stream.send_all(up_prefix)
-        while data := await up.receive_some(65536):
-            moved += len(data)
-            await down.stream.send_all(data)
-        await down.stream.send_eof()
+        async def to_upstream() -> None:
+            while data := await down.receive_raw():
+                moved()
+                await _write(up.send_all, data, stall_timeout)
+                stats.bytes_up += len(data)
+            await up.send_eof()
 
-    async with trio.open_nursery() as nursery:
-        for pump in (to_upstream, to_downstream):
-            nursery.start_soon(_run_pump, pump, nursery.cancel_scope)
-    return moved
+        async def to_downstream() -> None:
+            data = up_prefix
+            while True:
+                if data:
+                    moved()
+                    await _write(down.stream.send_all, data, stall_timeout)
+                    stats.bytes_down += len(data)
+                data = await up.receive_some(READ_SIZE)
+                if not data:
+                    break
+            await down.stream.send_eof()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_direction, to_upstream, "client", stats, tunnel, grace)
+            nursery.start_soon(_direction, to_downstream, "upstream", stats, tunnel, grace)
+    if tunnel.cancelled_caught and stats.closed_by is None:
+        stats.closed_by = "idle-timeout"
+    return stats
 
 
-LINGER = 5.0
+READ_SIZE = 32768
 
 
-async def _run_pump(pump: Callable[[], Awaitable[None]], scope: trio.CancelScope) -> None:
+class _Stalled(Exception):
+    pass
+
+
+async def _write(send: Callable[[bytes], Awaitable[None]], data: bytes, stall: float) -> None:
+    with trio.move_on_after(stall) as scope:
+        await send(data)
+    if scope.cancelled_caught:
+        raise _Stalled()
+
+
+async def _direction(
+    pump: Callable[[], Awaitable[None]],
+    source: str,
+    stats: TunnelStats,
+    tunnel: trio.CancelScope,
+    grace: float,
+) -> None:
     try:
         await pump()
-    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-        scope.cancel()
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, _Stalled):
+        stats.closed_by = stats.closed_by or "error"
+        tunnel.cancel()
         return
     # This direction ended cleanly: the other gets a bounded grace period.
-    scope.deadline = min(scope.deadline, trio.current_time() + LINGER)
+    stats.closed_by = stats.closed_by or source
+    tunnel.deadline = min(tunnel.deadline, trio.current_time() + grace)

@@ -1,23 +1,41 @@
-"""Outbound (consumer) routing: service name in the target → a picked instance."""
+"""Outbound (consumer) routing: the service name in the target → its instances.
+
+The request path reads the instance cache only; the first request for a
+name the cache has never seen asks the registry once (bounded by the
+connect timeout) and starts the watcher that keeps the cache current.
+"""
 
 from __future__ import annotations
 
-import h11
+from collections.abc import Sequence
 
+import h11
+import trio
+
+from trimesh.discovery.base import Instance, RegistryError
 from trimesh.discovery.cache import InstanceCache
-from trimesh.errors import LoopDetected, NoInstance, NotProxyRequest, ServiceNotFound
+from trimesh.discovery.session import Discovery
+from trimesh.errors import (
+    BadRequest,
+    LoopDetected,
+    MethodNotAllowed,
+    NoInstance,
+    NotProxyRequest,
+    RegistryUnreachable,
+    ServiceNotFound,
+)
 from trimesh.http import headers as hh
 from trimesh.http.guard import Framing
-from trimesh.http.target import Target, is_origin_form, parse_absolute
+from trimesh.http.route import Candidate, Route, forward_headers
+from trimesh.http.stream import Endpoint
+from trimesh.http.target import Target, is_origin_form, parse_absolute, parse_authority
 from trimesh.http.tunnel import is_websocket_request
-from trimesh.mesh.balancer import RoundRobin
-from trimesh.mesh.plan import Plan, forward_headers
+from trimesh.policy.balancer import RoundRobin
 
 PROXY_HINT = (
     "this is trimesh's outbound proxy port: send absolute-form requests, e.g. set "
     "HTTP_PROXY=http://127.0.0.1:30101 and call http://<service-name>/path"
 )
-
 
 # Request headers the outbound router sets anew rather than passing through.
 REPLACED = frozenset({b"host", b"x-forwarded-port", b"x-cse-context"})
@@ -28,34 +46,35 @@ class OutboundRouter:
 
     direction = "outbound"
 
-    def __init__(self, cache: InstanceCache, *, via_token: bytes, source_service: str) -> None:
+    def __init__(
+        self,
+        cache: InstanceCache,
+        *,
+        via_token: bytes,
+        source_service: str,
+        discovery: Discovery | None = None,
+        resolve_timeout: float = 5.0,
+        allow_underscores: bool = False,
+    ) -> None:
         self.cache = cache
+        self.discovery = discovery
         self.via_token = via_token
         self.balancer = RoundRobin()
         self.source_service = source_service
+        self.resolve_timeout = resolve_timeout
+        self.allow_underscores = allow_underscores
         # What almost every request gets: apps rarely send their own x-cse-context.
         self._fresh_context = hh.cse_context(None, source_service)
 
-    def plan(self, request: h11.Request, framing: Framing, peer: str, fixed: Target | None) -> Plan:
+    async def route(
+        self, request: h11.Request, framing: Framing, peer: str, fixed: Target | None
+    ) -> Route:
         received = hh.items(request.headers)
         if hh.via_has(received, self.via_token):
             raise LoopDetected("this request already passed this sidecar")
-        if fixed is not None:
-            path = request.target
-            target = Target(
-                fixed.host, fixed.port, path if is_origin_form(path) else parse_absolute(path).path
-            )
-        elif is_origin_form(request.target):
-            raise NotProxyRequest(PROXY_HINT)
-        else:
-            target = parse_absolute(request.target)
+        target = _target(request.target, fixed)
         service = target.host
-        instances = self.cache.lookup(service)
-        if instances is None:
-            raise ServiceNotFound(f"no service named {service!r} in the registry", service)
-        if not instances:
-            raise NoInstance(f"service {service!r} has no instance that is UP")
-        instance = self.balancer.pick(service, instances)
+        instances = await self._instances(service)
         websocket = is_websocket_request(received)
         headers = forward_headers(
             received,
@@ -64,6 +83,7 @@ class OutboundRouter:
             peer=peer,
             via_token=self.via_token,
             drop=REPLACED,
+            allow_underscores=self.allow_underscores,
         )
         original_host = hh.get(received, b"host")
         sent = hh.get(received, b"x-cse-context")
@@ -73,11 +93,56 @@ class OutboundRouter:
         hh.set_default(headers, b"x-forwarded-proto", b"http")
         headers.append((b"x-forwarded-port", b"%d" % target.effective_port))
         headers.append((b"x-cse-context", context))
-        return Plan(
-            endpoint=instance.address,
-            target=target.path,
-            headers=headers,
-            service=service,
-            instance=instance.instance_id,
-            websocket=websocket,
-        )
+        candidates = [Candidate(i.address, i.instance_id) for i in instances]
+        return Route(target.path, headers, candidates, service, websocket)
+
+    def pick(self, route: Route, tried: Sequence[Endpoint]) -> Candidate | None:
+        left = route.candidates
+        if tried:
+            left = [c for c in left if c.endpoint not in tried]
+        if not left:
+            return None
+        return self.balancer.pick(route.service or "", left)
+
+    async def tunnel(self, request: h11.Request) -> Target:
+        try:
+            host, port = parse_authority(request.target)
+        except BadRequest as exc:
+            raise MethodNotAllowed("CONNECT needs <service-name>:<port>") from exc
+        try:
+            await self._instances(host)
+        except (ServiceNotFound, NoInstance) as exc:
+            raise MethodNotAllowed(
+                "CONNECT is only supported to a known service name (no egress tunnelling)"
+            ) from exc
+        return Target(host, port, b"/")
+
+    async def _instances(self, service: str) -> Sequence[Instance]:
+        instances = self.cache.lookup(service)
+        if instances is None:
+            await self._resolve_first_use(service)
+            instances = self.cache.lookup(service)
+        if instances is None:
+            raise ServiceNotFound(f"no service named {service!r} in the registry", service)
+        if not instances:
+            raise NoInstance(f"service {service!r} has no usable instance that is UP")
+        return instances
+
+    async def _resolve_first_use(self, service: str) -> None:
+        if self.discovery is None:
+            return
+        try:
+            with trio.fail_after(self.resolve_timeout):
+                await self.discovery.resolve(service)
+        except (RegistryError, trio.TooSlowError) as exc:
+            detail = str(exc) or "timed out"
+            raise RegistryUnreachable(f"looking up {service!r}: {detail}") from exc
+
+
+def _target(raw: bytes, fixed: Target | None) -> Target:
+    if fixed is not None:
+        path = raw if is_origin_form(raw) else parse_absolute(raw).path
+        return Target(fixed.host, fixed.port, path)
+    if is_origin_form(raw):
+        raise NotProxyRequest(PROXY_HINT)
+    return parse_absolute(raw)

@@ -1,0 +1,1 @@
+"""Inbound (provider) side: requests from other sidecars -> the local app."""

@@ -1,0 +1,1 @@
+"""Policies: sans-IO decisions (balancing today; retries, breakers, limits to come)."""
