@@ -119,7 +119,8 @@ async def test_inbound_answers_421_for_another_service(nursery: trio.Nursery) ->
     assert len(app.seen) == 2
 
 
-async def test_inbound_http10_without_host_is_forwarded(nursery: trio.Nursery) -> None:
+async def _to_payments_inbound(nursery: trio.Nursery, request: bytes) -> tuple[Upstream, bytes]:
+    """Send raw `request` to the inbound listener of the `payments` sidecar."""
     app = Upstream()
     await nursery.start(app.serve)
     raw = sidecar_config(service={"name": "payments"}, app={"ports": {"rest": app.port}})
@@ -127,24 +128,20 @@ async def test_inbound_http10_without_host_is_forwarded(nursery: trio.Nursery) -
     with trio.fail_after(10):
         stream = await trio.open_tcp_stream("127.0.0.1", bound.inbound[1])
         async with stream:
-            await stream.send_all(b"GET /old HTTP/1.0\r\n\r\n")
-            reply = await _read_all(stream)
+            await stream.send_all(request)
+            return app, await _read_all(stream)
+
+
+async def test_inbound_http10_without_host_is_forwarded(nursery: trio.Nursery) -> None:
+    app, reply = await _to_payments_inbound(nursery, b"GET /old HTTP/1.0\r\n\r\n")
     assert reply.startswith(b"HTTP/1.1 200 ")
     assert app.seen[0].header(b"host") == b"127.0.0.1:%d" % app.port
 
 
 async def test_inbound_absolute_form_host_replaces_host_header(nursery: trio.Nursery) -> None:
-    app = Upstream()
-    await nursery.start(app.serve)
-    raw = sidecar_config(service={"name": "payments"}, app={"ports": {"rest": app.port}})
-    _, bound = await start_sidecar(nursery, raw)
-    with trio.fail_after(10):
-        stream = await trio.open_tcp_stream("127.0.0.1", bound.inbound[1])
-        async with stream:
-            await stream.send_all(
-                b"GET http://orders/x HTTP/1.1\r\nHost: payments\r\nConnection: close\r\n\r\n"
-            )
-            reply = await _read_all(stream)
+    app, reply = await _to_payments_inbound(
+        nursery, b"GET http://orders/x HTTP/1.1\r\nHost: payments\r\nConnection: close\r\n\r\n"
+    )
     # RFC 9112 3.2.2: the target's authority wins over the Host field, so this is misdirected.
     assert reply.startswith(b"HTTP/1.1 421 ")
     assert app.seen == []

@@ -16,7 +16,7 @@ import trio
 
 from trimesh import __version__
 from trimesh.config import Config, ConfigError, load, registry_url
-from trimesh.config.load import merge
+from trimesh.config.load import merge, serving_problems
 from trimesh.observe.logsink import SinkHandler, flush_std_sinks, std_sink
 from trimesh.registry_cli import add_registry_commands, run_registry_command
 
@@ -108,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         config = _load(args)
+        if args.command in ("serve", "check") and (problems := serving_problems(config)):
+            raise ConfigError(problems)
     except ConfigError as exc:
         print("trimesh: invalid configuration:", file=sys.stderr)
         for problem in exc.problems:

@@ -65,7 +65,13 @@ class Sidecar:
         if isinstance(self.registry, StaticRegistry):
             for name in config.registry.services:
                 self.cache.update(name, self.registry.snapshot(name))
-        self.discovery = Discovery(self.registry, self.cache, None, app=config.service.app)
+        self.discovery = Discovery(
+            self.registry,
+            self.cache,
+            None,
+            app=config.service.app,
+            call_timeout=config.registry.call_timeout,
+        )
         self.access_log = access_log or AccessLog.open(config.observe.access_log)
         up = config.upstream
         self.pools = [

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from trimesh.config import Config, ConfigError, build, load, registry_url
-from trimesh.config.load import from_env
+from trimesh.config.load import from_env, serving_problems
 
 
 def test_defaults_match_the_documented_ports() -> None:
@@ -75,14 +75,13 @@ def test_network_registry_needs_advertise_for_a_local_inbound(registry: str, inb
         "registry": {"type": registry, "endpoints": "10.0.0.1:2379"},
         "listen": {"inbound": inbound},
     }
-    with pytest.raises(ConfigError) as info:
-        build(raw)
-    [problem] = info.value.problems
+    # Only a sidecar that registers itself needs it (`trimesh registry list` does not).
+    [problem] = serving_problems(build(raw))
     assert problem.startswith(f"listen.advertise: required with registry type {registry} when")
     # An explicit advertise is honoured, loopback included (one machine, tests).
     for advertise in ("10.0.0.5", "127.0.0.1"):
         raw["listen"] = {"inbound": inbound, "advertise": advertise}
-        assert build(raw).listen.advertise == advertise
+        assert serving_problems(build(raw)) == []
 
 
 @pytest.mark.parametrize(
@@ -97,7 +96,7 @@ def test_network_registry_needs_advertise_for_a_local_inbound(registry: str, inb
     ],
 )
 def test_advertise_is_not_needed_otherwise(raw: dict[str, Any]) -> None:
-    assert build(raw).listen.advertise is None
+    assert serving_problems(build(raw)) == []
 
 
 def test_every_problem_is_reported_at_once() -> None:

@@ -7,6 +7,7 @@ every problem with its key path, so `trimesh check` can name them all.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -101,7 +102,7 @@ SCHEMA: Schema = {
         "inbound": p.address,
         "admin": p.address,
         "advertise": p.text,
-        "drain_delay": p.duration,
+        "drain_delay": p.non_negative_duration,
         "drain_timeout": p.duration,
     },
     "app": {
@@ -250,6 +251,28 @@ def _assemble(v: Raw, problems: list[str]) -> Config:
     return config
 
 
+def serving_problems(c: Config) -> list[str]:
+    """Problems that matter only to a sidecar that registers itself (`serve`, `check`).
+
+    What we register must reach us from other machines; an explicit advertise
+    is trusted, even loopback (a one-machine setup, tests). `trimesh registry`
+    commands never register, so they do not ask this.
+    """
+    host = c.listen.inbound[0]
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0]) if host else None
+    except ValueError:
+        ip = None
+    local = host in ("", "localhost") or (ip is not None and (ip.is_loopback or ip.is_unspecified))
+    if c.registry.type in ("etcd", "servicecomb") and not c.listen.advertise and local:
+        return [
+            f"listen.advertise: required with registry type {c.registry.type} when"
+            f" listen.inbound is loopback or unspecified ({host or '*'}): other machines"
+            " cannot reach it there; set the address they should use"
+        ]
+    return []
+
+
 def _cross_check(c: Config, problems: list[str]) -> None:
     health = c.app.health
     if health and health.port not in c.app.ports:
@@ -258,22 +281,6 @@ def _cross_check(c: Config, problems: list[str]) -> None:
         problems.append(f"registry.endpoints: required for registry type {c.registry.type}")
     if c.registry.ttl <= c.registry.heartbeat_interval:
         problems.append("registry.ttl: must be longer than registry.heartbeat_interval")
-    # What we register must reach us from other machines; an explicit
-    # advertise is trusted, even loopback (a one-machine setup, tests).
-    import ipaddress  # only here: the rest of this module has no use for it
-
-    host = c.listen.inbound[0]
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0]) if host else None
-    except ValueError:
-        ip = None
-    local = host in ("", "localhost") or (ip is not None and (ip.is_loopback or ip.is_unspecified))
-    if c.registry.type in ("etcd", "servicecomb") and not c.listen.advertise and local:
-        problems.append(
-            f"listen.advertise: required with registry type {c.registry.type} when"
-            f" listen.inbound is loopback or unspecified ({host or '*'}): other machines"
-            " cannot reach it there; set the address they should use"
-        )
 
 
 ENV_MESHER: Mapping[str, tuple[str, str]] = {

@@ -59,6 +59,13 @@ def optional_size(value: Any) -> int | None:
     return None if value in (None, 0, "0", "none", "unlimited") else size(value)
 
 
+def non_negative_duration(value: Any) -> float:
+    """A duration where 0 (or `off`) means none at all."""
+    if value is False or value in (0, "0", "off"):
+        return 0.0
+    return duration(value)
+
+
 def optional_duration(value: Any) -> float | None:
     """A duration, or None for `off` / `none` / 0 (YAML's bare `off` is False)."""
     if value is False or value in (None, 0, "0", "off", "none"):

@@ -27,13 +27,21 @@ def build_registry(cfg: RegistryConfig, *, app: str) -> Registry:
         from trimesh.discovery.etcd import EtcdRegistry
 
         return EtcdRegistry(
-            cfg.endpoints, prefix=cfg.prefix, username=cfg.username, password=cfg.password
+            cfg.endpoints,
+            prefix=cfg.prefix,
+            username=cfg.username,
+            password=cfg.password,
+            call_timeout=cfg.call_timeout,
         )
     if cfg.type == "servicecomb":
         from trimesh.discovery.servicecomb import ServiceCombRegistry
 
         return ServiceCombRegistry(
-            cfg.endpoints, project=cfg.project, username=cfg.username, password=cfg.password
+            cfg.endpoints,
+            project=cfg.project,
+            username=cfg.username,
+            password=cfg.password,
+            call_timeout=cfg.call_timeout,
         )
     assert_never(cfg.type)
 
