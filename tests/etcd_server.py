@@ -233,8 +233,12 @@ class SwitchProxy:
                 with trio.CancelScope() as relay:
                     self._relays.add(relay)
                     async with trio.open_nursery() as nursery:
-                        nursery.start_soon(_relay, downstream, upstream, nursery.cancel_scope)
-                        nursery.start_soon(_relay, upstream, downstream, nursery.cancel_scope)
+                        nursery.start_soon(
+                            copy_until_closed, downstream, upstream, nursery.cancel_scope
+                        )
+                        nursery.start_soon(
+                            copy_until_closed, upstream, downstream, nursery.cancel_scope
+                        )
                 self._relays.discard(relay)
                 if relay.cancelled_caught:
                     await trio.sleep_forever()  # frozen: open and silent until the proxy stops
@@ -244,7 +248,7 @@ class SwitchProxy:
             await trio.aclose_forcefully(downstream)
 
 
-async def _relay(
+async def copy_until_closed(
     source: trio.abc.ReceiveStream, sink: trio.abc.SendStream, done: trio.CancelScope
 ) -> None:
     try:

@@ -38,6 +38,24 @@ async def raw_upstream(nursery: trio.Nursery, script: Any) -> RawUpstream:
     return up
 
 
+def answers(data: bytes) -> Any:
+    """An upstream script: read one request, write `data`, close (FIN)."""
+
+    async def script(conn: RawConn) -> None:
+        await conn.next_request()
+        await conn.send(data)
+
+    return script
+
+
+async def one_exchange(nursery: trio.Nursery, upstream_writes: bytes, request: bytes) -> bytes:
+    """`request` (raw) through a sidecar to an upstream that writes `upstream_writes`."""
+    up = await raw_upstream(nursery, answers(upstream_writes))
+    _, bound = await through(nursery, up.port)
+    with trio.fail_after(10):
+        return await http_exchange(bound.outbound[1], request)
+
+
 def client(bound: Bound) -> httpx.AsyncClient:
     return httpx.AsyncClient(proxy=f"http://127.0.0.1:{bound.outbound[1]}", timeout=10)
 
@@ -277,27 +295,15 @@ async def test_upstream_dying_mid_body_truncates_never_completes(
 
 
 async def test_chunked_response_cut_mid_body_has_no_last_chunk(nursery: trio.Nursery) -> None:
-    async def dies(conn: RawConn) -> None:
-        await conn.next_request()
-        await conn.send(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
-
-    up = await raw_upstream(nursery, dies)
-    _, bound = await through(nursery, up.port)
-    with trio.fail_after(10):
-        reply = await http_exchange(
-            bound.outbound[1], b"GET http://svc/ HTTP/1.1\r\nhost: svc\r\n\r\n"
-        )
+    cut = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    reply = await one_exchange(nursery, cut, b"GET http://svc/ HTTP/1.1\r\nhost: svc\r\n\r\n")
     assert reply.startswith(b"HTTP/1.1 200")
     assert b"hello" in reply
     assert not reply.endswith(b"0\r\n\r\n")
 
 
 async def test_upstream_dying_before_the_head_gets_an_error_answer(nursery: trio.Nursery) -> None:
-    async def dies(conn: RawConn) -> None:
-        await conn.next_request()
-        await conn.send(b"HTTP/1.1 200 OK\r\ncontent-le")
-
-    up = await raw_upstream(nursery, dies)
+    up = await raw_upstream(nursery, answers(b"HTTP/1.1 200 OK\r\ncontent-le"))
     _, bound = await through(nursery, up.port)
     with trio.fail_after(10):
         async with client(bound) as c:
@@ -307,11 +313,9 @@ async def test_upstream_dying_before_the_head_gets_an_error_answer(nursery: trio
 
 
 async def test_response_head_over_the_limit_is_reported_as_such(nursery: trio.Nursery) -> None:
-    async def huge(conn: RawConn) -> None:
-        await conn.next_request()
-        await conn.send(b"HTTP/1.1 200 OK\r\nx-big: " + b"a" * 5000 + b"\r\n\r\n")
-
-    up = await raw_upstream(nursery, huge)
+    up = await raw_upstream(
+        nursery, answers(b"HTTP/1.1 200 OK\r\nx-big: " + b"a" * 5000 + b"\r\n\r\n")
+    )
     _, bound = await through(nursery, up.port, limits={"max_response_header_bytes": "4KiB"})
     with trio.fail_after(10):
         async with client(bound) as c:
@@ -324,36 +328,23 @@ async def test_response_head_over_the_limit_is_reported_as_such(nursery: trio.Nu
 
 
 async def test_trailers_are_dropped_for_an_http10_client(nursery: trio.Nursery) -> None:
-    async def with_trailers(conn: RawConn) -> None:
-        await conn.next_request()
-        await conn.send(
-            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-sum\r\n\r\n"
-            b"2\r\nhi\r\n0\r\nx-sum: 42\r\n\r\n"
-        )
-
-    up = await raw_upstream(nursery, with_trailers)
-    _, bound = await through(nursery, up.port)
-    with trio.fail_after(10):
-        reply = await http_exchange(bound.outbound[1], b"GET http://svc/ HTTP/1.0\r\n\r\n")
+    with_trailers = (
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-sum\r\n\r\n"
+        b"2\r\nhi\r\n0\r\nx-sum: 42\r\n\r\n"
+    )
+    reply = await one_exchange(nursery, with_trailers, b"GET http://svc/ HTTP/1.0\r\n\r\n")
     assert reply.startswith(b"HTTP/1.1 200")
     assert reply.endswith(b"hi")
     assert b"x-sum: 42" not in reply
 
 
 async def test_forbidden_trailers_never_pass(nursery: trio.Nursery) -> None:
-    async def with_trailers(conn: RawConn) -> None:
-        await conn.next_request()
-        await conn.send(
-            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
-            b"2\r\nhi\r\n0\r\nx-sum: 42\r\nset-cookie: a=b\r\ncontent-length: 5\r\n\r\n"
-        )
-
-    up = await raw_upstream(nursery, with_trailers)
-    _, bound = await through(nursery, up.port)
-    with trio.fail_after(10):
-        reply = await http_exchange(
-            bound.outbound[1], b"GET http://svc/ HTTP/1.1\r\nhost: svc\r\nconnection: close\r\n\r\n"
-        )
+    with_trailers = (
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"2\r\nhi\r\n0\r\nx-sum: 42\r\nset-cookie: a=b\r\ncontent-length: 5\r\n\r\n"
+    )
+    request = b"GET http://svc/ HTTP/1.1\r\nhost: svc\r\nconnection: close\r\n\r\n"
+    reply = await one_exchange(nursery, with_trailers, request)
     trailer_part = reply.rpartition(b"0\r\n")[2]
     assert b"x-sum: 42" in trailer_part
     assert b"set-cookie" not in trailer_part.lower()

@@ -19,7 +19,7 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.etcd_server import EtcdServer, free_ports
+from tests.etcd_server import EtcdServer, copy_until_closed, free_ports
 from trimesh.discovery import Instance, LeaseExpired, Registration, RegistryUnavailable, ServiceKey
 from trimesh.discovery._etcd_api import JsonLines, b64, prefix_end
 from trimesh.discovery.etcd import EtcdRegistry, WatchView, _cancel_outcome, service_names
@@ -497,21 +497,14 @@ class CuttableProxy:
             try:
                 upstream = await trio.open_tcp_stream(*self.target)
                 async with upstream, trio.open_nursery() as nursery:
-                    nursery.start_soon(_pump, downstream, upstream, nursery.cancel_scope)
-                    nursery.start_soon(_pump, upstream, downstream, nursery.cancel_scope)
+                    nursery.start_soon(
+                        copy_until_closed, downstream, upstream, nursery.cancel_scope
+                    )
+                    nursery.start_soon(
+                        copy_until_closed, upstream, downstream, nursery.cancel_scope
+                    )
             except OSError:
                 pass
             finally:
                 self._scopes.discard(scope)
         await trio.aclose_forcefully(downstream)
-
-
-async def _pump(
-    source: trio.abc.ReceiveStream, sink: trio.abc.SendStream, scope: trio.CancelScope
-) -> None:
-    try:
-        async for data in source:
-            await sink.send_all(data)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-    scope.cancel()

@@ -7,7 +7,6 @@ every problem with its key path, so `trimesh check` can name them all.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -28,6 +27,7 @@ from trimesh.config.model import (
     StaticInstance,
     UpstreamConfig,
 )
+from trimesh.discovery.trust import this_machine_only
 
 Raw = dict[str, Any]
 Schema = Mapping[str, "Callable[[Any], Any] | Schema"]
@@ -259,11 +259,7 @@ def serving_problems(c: Config) -> list[str]:
     commands never register, so they do not ask this.
     """
     host = c.listen.inbound[0]
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0]) if host else None
-    except ValueError:
-        ip = None
-    local = host in ("", "localhost") or (ip is not None and (ip.is_loopback or ip.is_unspecified))
+    local = this_machine_only(host)
     if c.registry.type in ("etcd", "servicecomb") and not c.listen.advertise and local:
         return [
             f"listen.advertise: required with registry type {c.registry.type} when"

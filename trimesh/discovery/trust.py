@@ -63,6 +63,17 @@ def _is_localhost(host: str) -> bool:
     return name == "localhost" or name.endswith(".localhost")
 
 
+def this_machine_only(host: str) -> bool:
+    """True if `host` (a listener's or an instance's) is loopback, unspecified or empty.
+
+    Other machines cannot reach an address like that: it means "this machine".
+    """
+    if not host or _is_localhost(host):
+        return True
+    ip = parse_ip(host)
+    return ip is not None and (ip.is_loopback or ip.is_unspecified)
+
+
 @attrs.frozen
 class InstanceFilter:
     """Decides whether the request path may send traffic to an instance.
@@ -116,9 +127,7 @@ class InstanceFilter:
                 return True
             # A wildcard or loopback listener answers on loopback (and on the
             # unspecified address, which connect() treats as loopback).
-            local = own_ip is None and _is_localhost(own_host)
-            local = local or (own_ip is not None and (own_ip.is_unspecified or own_ip.is_loopback))
-            if local and ip is not None and (ip.is_loopback or ip.is_unspecified):
+            if this_machine_only(own_host) and ip is not None and this_machine_only(host):
                 return True
         return False
 

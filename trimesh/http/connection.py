@@ -123,7 +123,7 @@ async def _read_head(down: Downstream, ctx: ListenerContext) -> h11.Request | No
                     idle = False
                     ctx.drain.idle.discard(scope)
                     scope.deadline = _started_receiving(down, limits)
-                event = await _head_event(down)
+                event = await down.step()
                 if isinstance(event, h11.Request):
                     if idle:  # the whole head arrived in the read that ended the idle wait
                         _started_receiving(down, limits)
@@ -143,25 +143,6 @@ def _started_receiving(down: Downstream, limits: Limits) -> float:
     whole = limits.request_timeout
     down.receive_deadline = math.inf if whole is None else now + whole
     return min(now + limits.header_timeout, down.receive_deadline)
-
-
-async def _head_event(down: Downstream) -> h11.Event | None:
-    """One step of head reading; None when the deadline should be re-checked."""
-    conn = down.h11
-    try:
-        event = conn.next_event()
-    except h11.RemoteProtocolError as exc:
-        raise BadRequest(str(exc)) from exc
-    if event is not h11.NEED_DATA:
-        return event  # type: ignore[return-value]
-    chunk = down.guard.pull()
-    if chunk is not None:
-        conn.receive_data(chunk)
-    elif down.guard.eof:
-        conn.receive_data(b"")
-    else:
-        await down.wait_data()
-    return None
 
 
 async def _one_request(

@@ -128,21 +128,31 @@ class Downstream:
 
     async def next_event(self) -> h11.Event | type[h11.PAUSED]:
         """The next h11 event of the request being read, feeding h11 vetted bytes only."""
+        while (event := await self.step()) is None:
+            pass
+        return event
+
+    async def step(self) -> h11.Event | type[h11.PAUSED] | None:
+        """One step of reading: an event, or None once bytes were fed or waited for.
+
+        The head reader calls this directly so it can re-check its deadlines
+        between steps.
+        """
         conn = self.h11
-        while True:
-            try:
-                event = conn.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise _client_error(exc) from exc
-            if event is not h11.NEED_DATA:
-                return event  # type: ignore[return-value]
-            chunk = self.guard.pull()
-            if chunk is not None:
-                conn.receive_data(chunk)
-            elif self.guard.eof:
-                conn.receive_data(b"")
-            else:
-                await self.wait_data()
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise _client_error(exc) from exc
+        if event is not h11.NEED_DATA:
+            return event  # type: ignore[return-value]
+        chunk = self.guard.pull()
+        if chunk is not None:
+            conn.receive_data(chunk)
+        elif self.guard.eof:
+            conn.receive_data(b"")
+        else:
+            await self.wait_data()
+        return None
 
     async def send(self, data: bytes) -> None:
         """Write to the client; a client that stops reading for `body_idle_timeout` is gone.

@@ -134,13 +134,12 @@ async def _attempts(ex: _Exchange, router: Router, pool: UpstreamPool) -> bool |
         except _Stale:
             stale += 1
             if stale > MAX_STALE_RETRIES or not _replayable(ex):
-                raise UpstreamProtocol(
-                    f"{endpoint[0]}:{endpoint[1]} closed a kept-alive connection; "
-                    f"not sent again: {request.method.decode()} is not idempotent"
-                    if request.method not in IDEMPOTENT
-                    else f"{endpoint[0]}:{endpoint[1]} closed a kept-alive connection"
-                ) from None
-            assert ex.body is None or ex.body.rewind()
+                why = f"{endpoint[0]}:{endpoint[1]} closed a kept-alive connection"
+                if request.method not in IDEMPOTENT:
+                    why += f"; not sent again: {request.method.decode()} is not idempotent"
+                raise UpstreamProtocol(why) from None
+            if ex.body is not None:
+                ex.body.rewind()  # replayable, checked above
 
 
 def _replayable(ex: _Exchange) -> bool:
@@ -206,6 +205,7 @@ async def _with_body(
 ) -> bool | Tunnel:
     """Body pump ‖ head wait and relay; the pump's failure wins over the relay's."""
     ex.pump_error = None
+    ex.body_sent = False  # a replay sends the body again before the head deadline starts
     await _send(conn, _serialize(conn, event))
     outcome: bool | Tunnel = False
     failure: Exception | None = None

@@ -59,12 +59,14 @@ class UpstreamConnection:
         if seconds is not None:
             self.expires = trio.current_time() + max(0.0, seconds - KEEPALIVE_MARGIN)
 
-    def clean_end(self) -> bool:
-        """Both machines DONE, and not one byte (or EOF) past the response."""
-        conn = self.h11
-        if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-            return False
-        leftover, closed = conn.trailing_data
+    @property
+    def finished(self) -> bool:
+        """Both h11 machines reached DONE: the exchange ended cleanly."""
+        return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
+
+    def nothing_past_response(self) -> bool:
+        """Not one byte (nor EOF) after the response, buffered or in the kernel."""
+        leftover, closed = self.h11.trailing_data
         return not leftover and not closed and not hs.has_input(self.stream)
 
 
@@ -123,15 +125,13 @@ class UpstreamPool:
 
     def checkin(self, conn: UpstreamConnection) -> bool:
         """Return a cleanly finished connection to the pool; False if it must be closed."""
-        conn_h11 = conn.h11
-        if conn_h11.our_state is h11.DONE and conn_h11.their_state is h11.DONE:
-            if not conn.clean_end():
-                self.poisoned += 1
-                return False
-        else:
+        if not conn.finished:
+            return False
+        if not conn.nothing_past_response():
+            self.poisoned += 1
             return False
         try:
-            conn_h11.start_next_cycle()
+            conn.h11.start_next_cycle()
         except h11.LocalProtocolError:
             return False
         conn.idle_since = trio.current_time()

@@ -39,7 +39,7 @@ class Tunnel:
 
 def response_event(
     resp: h11.Response | h11.InformationalResponse, policy: Policy, *, close: bool
-) -> tuple[h11.Response, int | None, int | None]:
+) -> tuple[h11.Response | h11.InformationalResponse, int | None, int | None]:
     """The head we send for an upstream head: hop-by-hop fields dropped, Via added.
 
     Returns (event, Content-Length or None, the upstream's Keep-Alive timeout or None).
@@ -51,9 +51,8 @@ def response_event(
         allow_underscores=True,
         close=close,
     )
-    cls = h11.Response if type(resp) is h11.Response else h11.InformationalResponse
-    event = cls(status_code=resp.status_code, headers=kept, reason=resp.reason, _parsed=True)
-    return event, length, keepalive  # type: ignore[return-value]
+    event = type(resp)(status_code=resp.status_code, headers=kept, reason=resp.reason, _parsed=True)
+    return event, length, keepalive
 
 
 def switch_event(resp: h11.InformationalResponse, policy: Policy) -> h11.InformationalResponse:

@@ -12,12 +12,12 @@ registry entry must never deliver `orders` traffic to the `payments` app.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 
 import h11
 
 from trimesh.config.model import AppConfig
+from trimesh.discovery.trust import parse_ip
 from trimesh.errors import BadRequest, LoopDetected, MethodNotAllowed, Misdirected, NoInstance
 from trimesh.http import headers as hh
 from trimesh.http.guard import Framing
@@ -93,7 +93,7 @@ class InboundRouter:
             name, _ = parse_authority(host, allow_no_port=True)
         except BadRequest:
             return  # not a name we can judge (an IPv6 literal, say): not a service name
-        if name.lower() in self.own_hosts or _is_ip(name):
+        if name.lower() in self.own_hosts or parse_ip(name) is not None:
             return
         raise Misdirected(f"this sidecar serves {self.service!r}, not {name!r}")
 
@@ -102,11 +102,3 @@ class InboundRouter:
 
     async def tunnel(self, request: h11.Request) -> Target:
         raise MethodNotAllowed("CONNECT is not accepted on the inbound listener")
-
-
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
