@@ -45,3 +45,14 @@ async def upstream(nursery: trio.Nursery) -> AsyncIterator[Upstream]:
     app = Upstream()
     await nursery.start(app.serve)
     yield app
+
+
+@pytest.fixture
+async def cleanup() -> AsyncIterator[list[trio.Process]]:
+    """Processes a test started; any still running at the end are killed (by PID)."""
+    started: list[trio.Process] = []
+    yield started
+    for p in started:
+        if p.returncode is None:
+            p.kill()
+            await p.wait()

@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import h11
@@ -51,16 +50,6 @@ async def _drain_pipe(process: trio.Process, log: bytearray) -> None:
     assert process.stderr is not None
     while chunk := await process.stderr.receive_some(4096):
         log += chunk
-
-
-@pytest.fixture
-async def cleanup() -> AsyncIterator[list[trio.Process]]:
-    started: list[trio.Process] = []
-    yield started
-    for p in started:
-        if p.returncode is None:
-            p.kill()
-            await p.wait()
 
 
 def base_config(**services: int) -> dict[str, object]:

@@ -154,7 +154,7 @@ class Downstream:
             await self.wait_data()
         return None
 
-    async def send(self, data: bytes) -> None:
+    async def send(self, data: bytes | bytearray) -> None:
         """Write to the client; a client that stops reading for `body_idle_timeout` is gone.
 
         Inside a request, `write_scope` (owned by the connection driver, apart
@@ -175,7 +175,7 @@ class Downstream:
         finally:
             scope.deadline = math.inf
 
-    async def _send(self, data: bytes) -> None:
+    async def _send(self, data: bytes | bytearray) -> None:
         try:
             await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:

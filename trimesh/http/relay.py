@@ -26,7 +26,8 @@ from trimesh.observe.accesslog import AccessRecord
 if TYPE_CHECKING:
     from trimesh.http.exchange import Policy
 
-READ_SIZE = 65536
+# One upstream read; with `out`, what a response may hold in memory for a slow client.
+READ_SIZE = 32768
 
 
 @attrs.frozen
@@ -89,7 +90,7 @@ async def commit(
                 raise UpstreamProtocol(f"malformed response body: {exc}") from exc
             if ev is h11.NEED_DATA:
                 if out:
-                    await down.send(bytes(out))
+                    await down.send(out)  # no copy: cleared only after the write
                     out.clear()
                     written = True
                 await _read_more(conn, policy)
@@ -98,7 +99,7 @@ async def commit(
                 out += down.h11.send(ev)
             elif type(ev) is h11.EndOfMessage:
                 out += _end(down, ev, length)
-                await down.send(bytes(out))
+                await down.send(out)
                 return body_sent() and down.h11.our_state is h11.DONE and not close
             else:
                 raise UpstreamProtocol(f"unexpected response event {ev!r}")
