@@ -159,9 +159,7 @@ async def test_registry_row_pointing_at_our_admin_port_is_never_used(nursery: tr
     ]
     sidecar.cache.update("admin", evil)
     with trio.fail_after(10):
-        async with httpx.AsyncClient(
-            proxy=f"http://127.0.0.1:{bound.outbound[1]}", timeout=5
-        ) as c:
+        async with httpx.AsyncClient(proxy=f"http://127.0.0.1:{bound.outbound[1]}", timeout=5) as c:
             r = await c.get("http://admin/v1/registry")
     assert r.status_code == 503
     assert r.headers["x-trimesh-error"] == "no-instance"

@@ -31,9 +31,12 @@ from trimesh.http.headers import HOP_BY_HOP, filter_trailers
 # Headers a proxy may add or rewrite on a request / a response (RFC 9110 7.6).
 REQUEST_REWRITES = frozenset(
     {b"host", b"via", b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto",
-     b"x-forwarded-port", b"x-cse-context", b"content-length", b"transfer-encoding"}
+     b"x-forwarded-port", b"x-cse-context", b"content-length", b"transfer-encoding",
+     b"x-trimesh-deadline-ms"}
 )  # fmt: skip
 RESPONSE_REWRITES = frozenset({b"via", b"content-length", b"connection"})
+
+
 def lowered_list(fields: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     return [(n.lower(), v) for n, v in fields]
 

@@ -39,19 +39,34 @@ class AdminRoutes:
 
     def __init__(self) -> None:
         self.routes: dict[str, Handler] = {}
+        self.prefixes: dict[str, Callable[[str], tuple[int, Any]]] = {}
 
     def add(self, path: str, handler: Handler) -> None:
         self.routes[path] = handler
+
+    def add_prefix(self, prefix: str, handler: Callable[[str], tuple[int, Any]]) -> None:
+        """`handler(rest)` answers every path `prefix` + rest (rest non-empty, no `/`)."""
+        self.prefixes[prefix] = handler
 
     def answer(self, method: bytes, target: bytes) -> tuple[int, Any]:
         """Route one request; a HEAD is answered like a GET (the server drops the body)."""
         path = _path(target)
         handler = self.routes.get(path)
         if handler is None:
-            return 404, {"error": f"no admin endpoint {path}", "endpoints": sorted(self.routes)}
+            handler = self._prefixed(path)
+        if handler is None:
+            endpoints = sorted([*self.routes, *(f"{p}{{name}}" for p in self.prefixes)])
+            return 404, {"error": f"no admin endpoint {path}", "endpoints": endpoints}
         if method not in (b"GET", b"HEAD"):
             return 405, {"error": "admin endpoints answer GET only"}
         return handler()
+
+    def _prefixed(self, path: str) -> Handler | None:
+        for prefix, handler in self.prefixes.items():
+            rest = path[len(prefix) :]
+            if path.startswith(prefix) and rest and "/" not in rest:
+                return lambda: handler(rest)
+        return None
 
 
 def version_body() -> dict[str, str]:

@@ -19,6 +19,7 @@ from trimesh.config import Config, ConfigError, load, registry_url
 from trimesh.config.load import merge, serving_problems
 from trimesh.observe.logsink import SinkHandler, flush_std_sinks, std_sink
 from trimesh.registry_cli import add_registry_commands, run_registry_command
+from trimesh.route_cli import add_route_commands, run_route_command
 
 EXIT_CONFIG = 2
 # How long exit waits for queued log lines to reach stderr.
@@ -63,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _config_flags(check, required=True)
     add_registry_commands(sub)
+    add_route_commands(sub)
     sub.add_parser("version", help="print the version", description="Print the version.")
     return parser
 
@@ -120,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "registry":
         return run_registry_command(args, config)
+    if args.command == "route":
+        return run_route_command(args, config)
     return _serve(config)
 
 

@@ -18,6 +18,8 @@ class ProxyError(Exception):
     status = 500
     # Whether the downstream connection must be closed after answering.
     close = False
+    # What a retry policy calls this failure of an attempt (`retry.retry_on`); None: never retried.
+    retry_kind: str | None = None
 
     def __init__(self, detail: str = "") -> None:
         super().__init__(detail or self.kind)
@@ -117,6 +119,7 @@ class ServiceNotFound(ProxyError):
 class UpstreamConnect(ProxyError):
     kind = "upstream-connect"
     status = 502
+    retry_kind = "connect-failure"
 
 
 class UpstreamProtocol(ProxyError):

@@ -22,7 +22,7 @@ import attrs
 import trio
 
 from trimesh.admin import AdminRoutes, AdminSettings, run_admin, version_body
-from trimesh.config.model import Address, Config
+from trimesh.config.model import Address, Config, ServiceConfig
 from trimesh.discovery.cache import InstanceCache
 from trimesh.discovery.factory import build_registry, instance_filter, registration_for
 from trimesh.discovery.health import health_loop, health_target
@@ -38,6 +38,7 @@ from trimesh.http.route import Router
 from trimesh.inbound.router import InboundRouter
 from trimesh.observe.accesslog import AccessLog
 from trimesh.outbound.router import OutboundRouter
+from trimesh.policy.routing import RouteRule
 
 log = logging.getLogger("trimesh.sidecar")
 # How long graceful shutdown waits for the registry to drop our instance.
@@ -129,6 +130,10 @@ class Sidecar:
             discovery=self.discovery,
             resolve_timeout=c.upstream.connect_timeout,
             allow_underscores=c.limits.allow_underscores,
+            policies=c.policies,
+            routes=c.routes,
+            states=self.pools[0].state,
+            source_tags=source_tags(c.service),
         )
         own_hosts = [h for h in (c.listen.advertise, c.listen.inbound[0]) if h]
         inbound = InboundRouter(
@@ -261,7 +266,15 @@ class Sidecar:
         routes.add("/v1/mesher/health", self._mesher_health)
         routes.add("/v1/mesher/version", lambda: (200, version_body()))
         routes.add("/v1/registry", lambda: (200, self.discovery.state()))
+        routes.add_prefix("/v1/mesher/routeRule/", self._route_rules)
         return routes
+
+    def _route_rules(self, service: str) -> tuple[int, object]:
+        """Mesher's `GET /v1/mesher/routeRule/{service}`: the rules in force, 404 if none."""
+        rules = self.config.routes.get(service)
+        if not rules:
+            return 404, {"error": f"no route rule for service {service!r}"}
+        return 200, [rule_view(rule) for rule in rules]
 
     def _ready(self) -> tuple[int, object]:
         """Ready = listeners bound, registered (others can find us), not draining."""
@@ -344,3 +357,13 @@ async def _accept_loop(
                 await trio.sleep(0.1)
                 continue
             handlers.start_soon(handler, stream)
+
+
+def source_tags(service: ServiceConfig) -> dict[str, str]:
+    """Our own tags, as a route rule's `source_tags` sees them: version, app, metadata."""
+    return {**service.metadata, "version": service.version, "app": service.app}
+
+
+def rule_view(rule: RouteRule) -> dict[str, object]:
+    """A rule as configured (Mesher's routeRule document shape)."""
+    return dict(rule.raw)

@@ -101,14 +101,18 @@ def _attrs_class(hint: Any) -> type:
     return cls
 
 
+def cell_value(key: str, cell: str) -> Any:
+    """The YAML value a user writes for a documented default cell."""
+    if cell in WORDS:
+        return WORDS[cell]
+    match = re.fullmatch(r"`([^`]*)`", cell)
+    assert match, f"{key}: default {cell!r} is neither `literal` nor one of {sorted(WORDS)}"
+    return yaml.safe_load(match[1])
+
+
 def parse_default(key: str, cell: str) -> Any:
     """Read a documented default as the loader reads that key's YAML value."""
-    if cell in WORDS:
-        raw = WORDS[cell]
-    else:
-        match = re.fullmatch(r"`([^`]*)`", cell)
-        assert match, f"{key}: default {cell!r} is neither `literal` nor one of {sorted(WORDS)}"
-        raw = yaml.safe_load(match[1])
+    raw = cell_value(key, cell)
     section, _, leaf = key.rpartition(".")
     nested: Any = {leaf: raw}
     for part in reversed(section.split(".") if section else []):
@@ -242,3 +246,31 @@ def test_an_error_table_lists_every_kind() -> None:
     if not rows:
         pytest.skip("docs/ has no table of x-trimesh-error kinds yet")
     assert sorted(set(taxonomy()) - {kind for _, _, kind, _ in rows}) == []
+
+
+# --- the `policies` block table -------------------------------------------------------
+
+POLICY_ROW = re.compile(r"^\| policy `([a-z_.]+)` \| ([^|]+) \|")
+
+
+def policy_rows() -> list[tuple[str, str]]:
+    rows = []
+    for line in CONFIG_DOC.read_text().splitlines():
+        if found := POLICY_ROW.match(line):
+            rows.append((found[1], found[2].strip()))
+    return rows
+
+
+def test_the_policy_table_has_rows() -> None:
+    assert len(policy_rows()) >= 15
+
+
+@pytest.mark.parametrize(("key", "cell"), policy_rows(), ids=lambda v: str(v))
+def test_documented_policy_default_is_the_code_default(key: str, cell: str) -> None:
+    """Writing a block key's documented default changes nothing about the default policy."""
+    from trimesh.config.policies import ServicePolicy, parse_policies
+
+    nested: Any = cell_value(key, cell)
+    for part in reversed(key.split(".")):
+        nested = {part: nested}
+    assert parse_policies({"default": nested}).default == ServicePolicy()

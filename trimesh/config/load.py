@@ -27,7 +27,10 @@ from trimesh.config.model import (
     StaticInstance,
     UpstreamConfig,
 )
+from trimesh.config.policies import parse_policies
 from trimesh.discovery.trust import this_machine_only
+from trimesh.policy.match import ConfigProblems
+from trimesh.policy.routing import parse_routes
 
 Raw = dict[str, Any]
 Schema = Mapping[str, "Callable[[Any], Any] | Schema"]
@@ -153,6 +156,9 @@ SCHEMA: Schema = {
         "allow_networks": p.networks,
     },
     "observe": {"access_log": _access_log},
+    # These two validate themselves and name their own key paths.
+    "routes": parse_routes,
+    "policies": parse_policies,
     "log_level": p.choice("debug", "info", "warning", "error", "critical"),
 }
 
@@ -226,6 +232,8 @@ def _section(raw: Any, schema: Schema, path: str, problems: list[str]) -> Raw:
         else:
             try:
                 out[key] = rule(value)
+            except ConfigProblems as exc:
+                problems.extend(exc.problems)
             except ValueError as exc:
                 problems.append(f"{where}: {exc}")
     return out
@@ -243,6 +251,8 @@ def _assemble(v: Raw, problems: list[str]) -> Config:
         upstream=UpstreamConfig(**v.get("upstream", {})),
         registry=RegistryConfig(**v.get("registry", {})),
         observe=ObserveConfig(**v.get("observe", {})),
+        **({"routes": v["routes"]} if "routes" in v else {}),
+        **({"policies": v["policies"]} if "policies" in v else {}),
         **({"log_level": v["log_level"]} if "log_level" in v else {}),
     )
     _cross_check(config, problems)

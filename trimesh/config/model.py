@@ -12,6 +12,9 @@ from typing import Literal
 
 import attrs
 
+from trimesh.config.policies import PolicyBook
+from trimesh.policy.routing import RouteRule
+
 Address = tuple[str, int]
 RegistryType = Literal["static", "local", "etcd", "servicecomb"]
 
@@ -141,4 +144,7 @@ class Config:
     upstream: UpstreamConfig = UpstreamConfig()
     registry: RegistryConfig = RegistryConfig()
     observe: ObserveConfig = ObserveConfig()
+    # Route rules per target service, highest precedence first (`routes`).
+    routes: Mapping[str, tuple[RouteRule, ...]] = attrs.field(factory=dict)
+    policies: PolicyBook = attrs.field(factory=PolicyBook)
     log_level: str = "info"

@@ -23,6 +23,7 @@ returned `Tunnel` owns.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable
 
 import attrs
@@ -44,9 +45,11 @@ from trimesh.http.downstream import Downstream
 from trimesh.http.endpoint import EndpointState
 from trimesh.http.pool import UpstreamConnection, UpstreamPool
 from trimesh.http.relay import Tunnel, commit, response_event, switch_event
-from trimesh.http.route import Route, Router
+from trimesh.http.route import Candidate, Route, Router
 from trimesh.http.tunnel import valid_websocket_switch
 from trimesh.observe.accesslog import AccessRecord
+from trimesh.policy import deadline as pdeadline
+from trimesh.policy.balancer import cookie_value
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 EOM = h11.EndOfMessage()
@@ -87,6 +90,25 @@ class _Exchange:
     body_sent: bool = False
     head_wait: trio.CancelScope | None = None
     pump_error: BaseException | None = None
+    # When the request's policy deadline ends (trio time; inf: none), and its scope.
+    deadline: float = math.inf
+    deadline_scope: trio.CancelScope | None = None
+    # Scopes whose deadlines stop applying once a response is committed.
+    disarm: list[trio.CancelScope] = attrs.Factory(list)
+    committed: bool = False
+    retries: int = 0
+    # The current attempt's per-try deadline (trio time; inf: none).
+    try_deadline: float = math.inf
+    # The endpoint the committed response came from (for session stickiness).
+    chosen: hpool.Endpoint | None = None
+
+
+class _Retry(Exception):
+    """The attempt's response head is one the retry policy asks to try again."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
 
 
 async def forward(
@@ -98,39 +120,76 @@ async def forward(
     policy: Policy,
     rec: AccessRecord,
 ) -> bool | Tunnel:
-    """Run attempts until one commits; True if the downstream connection may be reused."""
+    """Run attempts until one commits; True if the downstream connection may be reused.
+
+    The whole attempt phase (retries and backoff included) runs under the
+    request's policy deadline: `timeout`, clamped by the caller's propagated
+    deadline. It stops applying once a response is committed: a streamed body
+    is bounded by the idle timeouts instead.
+    """
     framing = down.guard.framing
     bodyless = not framing.chunked and not framing.content_length
     body = None if bodyless else ReplayBody(down, policy.replay_limit, policy.body_idle_timeout)
-    if bodyless:
-        await _client_eom(down)
     ex = _Exchange(down, request, route, policy, rec, body, body_sent=bodyless)
+    now = trio.current_time()
+    if route.propagated is not None:
+        if route.propagated <= 0:
+            raise UpstreamTimeout("the caller's deadline had already passed; not forwarded")
+        ex.deadline = now + route.propagated
     try:
-        return await _attempts(ex, router, pool)
+        with trio.CancelScope(deadline=ex.deadline) as scope:
+            ex.deadline_scope = scope
+            ex.disarm.append(scope)
+            if bodyless:
+                await _client_eom(down)
+                _start_timeout(ex)
+            return await _attempts(ex, router, pool)
+        raise UpstreamTimeout(_deadline_detail(ex))
     finally:
         if body is not None:
             rec.bytes_in = body.received
 
 
+def _start_timeout(ex: _Exchange) -> None:
+    """The request is all sent (or read): the policy's `timeout` starts now."""
+    timeout = ex.route.policy.timeout
+    scope = ex.deadline_scope
+    if timeout is not None and scope is not None and not ex.committed:
+        ex.deadline = min(ex.deadline, trio.current_time() + timeout)
+        scope.deadline = ex.deadline
+
+
+def _deadline_detail(ex: _Exchange) -> str:
+    timeout = ex.route.policy.timeout
+    own = "" if timeout is None else f"timeout {timeout:g}s"
+    theirs = "" if ex.route.propagated is None else f"the caller's {ex.route.propagated:g}s"
+    return (
+        f"no response within the request's deadline ({' / '.join(x for x in (own, theirs) if x)})"
+    )
+
+
 async def _attempts(ex: _Exchange, router: Router, pool: UpstreamPool) -> bool | Tunnel:
-    """Pick, attempt, and on a stale or refused connection pick again."""
-    route, policy, rec, request = ex.route, ex.policy, ex.rec, ex.request
+    """Pick, attempt, and on a stale or refused connection or a retryable failure pick again."""
+    route, request = ex.route, ex.request
+    retry = route.policy.retry
     tried: list[hpool.Endpoint] = []
+    failed: list[hpool.Endpoint] = []
     stale = 0
+    same: hpool.Endpoint | None = None
     while True:
-        candidate = router.pick(route, tried)
+        candidate = _choose(router, route, tried, failed, same)
         if candidate is None:
             raise UpstreamConnect(f"no instance of {route.service!r} accepted a connection")
         endpoint = candidate.endpoint
-        rec.instance = candidate.instance_id
+        ex.rec.instance = candidate.instance_id
         conn = pool.checkout(endpoint) if stale == 0 else None
         await pool.reap()
-        if conn is None:
-            conn = await _connect(endpoint, policy, tried)
-            if conn is None:
-                continue  # refused: nothing was sent, try another instance
         try:
-            return await _attempt(ex, conn, pool)
+            if conn is None:
+                conn = await _connect(endpoint, ex, tried)
+                if conn is None:
+                    continue  # refused: nothing was sent, try another instance
+            return await _tried(ex, conn, pool)
         except _Stale:
             stale += 1
             if stale > MAX_STALE_RETRIES or not _replayable(ex):
@@ -139,7 +198,79 @@ async def _attempts(ex: _Exchange, router: Router, pool: UpstreamPool) -> bool |
                     why += f"; not sent again: {request.method.decode()} is not idempotent"
                 raise UpstreamProtocol(why) from None
             if ex.body is not None:
-                ex.body.rewind()  # replayable, checked above
+                ex.body.rewind()
+            continue
+        except _Retry:
+            pass  # `_committed` decided (and spent the budget) before raising
+        except ProxyError as exc:
+            if not _may_retry(ex, exc):
+                raise
+        ex.retries += 1
+        ex.rec.retries = ex.retries
+        failed.append(endpoint)
+        same = endpoint if retry.same_instance(ex.retries - 1) else None
+        await trio.sleep(retry.backoff.delay(ex.retries - 1, _rng))
+        if ex.body is not None:
+            ex.body.rewind()  # replayable: checked before any retry
+
+
+_rng = random.Random()
+
+
+def _choose(
+    router: Router,
+    route: Route,
+    tried: list[hpool.Endpoint],
+    failed: list[hpool.Endpoint],
+    same: hpool.Endpoint | None,
+) -> Candidate | None:
+    """The next candidate: the same endpoint, or one not yet failed (any, once all have)."""
+    if same is not None and same not in tried:
+        for c in route.candidates:
+            if c.endpoint == same:
+                return c
+    fresh = router.pick(route, tried + failed)
+    return fresh if fresh is not None or not failed else router.pick(route, tried)
+
+
+def _may_retry(ex: _Exchange, exc: ProxyError | None, status: int = 0) -> bool:
+    """Whether a failure (or a response `status`) may be tried again: policy, then budget.
+
+    A True answer spends from the service's retry budget.
+    """
+    retry = ex.route.policy.retry
+    if ex.committed or ex.retries >= retry.max_retries:
+        return False
+    if exc is None:
+        kind_ok = retry.retryable_status(status)
+    else:
+        kind_ok = exc.retry_kind is not None and retry.retryable_failure(exc.retry_kind)
+    if not kind_ok or not retry.allowed(ex.request.method, _replayable_body(ex)):
+        return False
+    budget = ex.route.budget
+    return budget is None or budget.try_spend(trio.current_time())
+
+
+def _replayable_body(ex: _Exchange) -> bool:
+    return ex.body is None or ex.body.replayable
+
+
+async def _tried(ex: _Exchange, conn: UpstreamConnection, pool: UpstreamPool) -> bool | Tunnel:
+    """One attempt under its own per-try deadline (`per_try_timeout`)."""
+    per_try = ex.route.policy.per_try_timeout
+    if per_try is None:
+        return await _attempt(ex, conn, pool)
+    ex.try_deadline = trio.current_time() + per_try
+    with trio.CancelScope(deadline=ex.try_deadline) as scope:
+        ex.disarm.append(scope)
+        try:
+            return await _attempt(ex, conn, pool)
+        finally:
+            ex.disarm.remove(scope)
+            ex.try_deadline = math.inf
+    error = UpstreamTimeout(f"no response within the per-try timeout of {per_try:g}s")
+    error.retry_kind = "per-try-timeout"
+    raise error
 
 
 def _replayable(ex: _Exchange) -> bool:
@@ -147,12 +278,14 @@ def _replayable(ex: _Exchange) -> bool:
 
 
 async def _connect(
-    endpoint: hpool.Endpoint, policy: Policy, tried: list[hpool.Endpoint]
+    endpoint: hpool.Endpoint, ex: _Exchange, tried: list[hpool.Endpoint]
 ) -> UpstreamConnection | None:
     """A new connection, or None when it was refused (the caller picks again)."""
     where = f"{endpoint[0]}:{endpoint[1]}"
+    policy = ex.policy
+    timeout = ex.route.policy.connect_timeout or policy.connect_timeout
     try:
-        with trio.fail_after(policy.connect_timeout):
+        with trio.fail_after(timeout):
             return await hpool.connect(endpoint, policy.max_response_head)
     except trio.TooSlowError:
         raise UpstreamConnect(f"connect to {where} timed out") from None
@@ -172,12 +305,13 @@ async def _attempt(ex: _Exchange, conn: UpstreamConnection, pool: UpstreamPool) 
     reported = False
     try:
         event = h11.Request(
-            method=ex.request.method, target=ex.route.target, headers=ex.route.headers, _parsed=True
+            method=ex.request.method, target=ex.route.target, headers=_headers(ex), _parsed=True
         )
         if ex.body is None:
             await _send(conn, _serialize(conn, event) + conn.h11.send(EOM))
             head = await _await_head(ex, conn)
-            state.succeeded(trio.current_time() - started)
+            now = trio.current_time()
+            state.succeeded(now - started, now)
             reported = True
             outcome = await _committed(ex, conn, head)
         else:
@@ -186,7 +320,7 @@ async def _attempt(ex: _Exchange, conn: UpstreamConnection, pool: UpstreamPool) 
         return outcome
     except (_Stale, ProxyError):
         if not reported:
-            state.failed()
+            state.failed(trio.current_time())
             reported = True
         raise
     finally:
@@ -194,6 +328,14 @@ async def _attempt(ex: _Exchange, conn: UpstreamConnection, pool: UpstreamPool) 
             state.abandoned()
         if not isinstance(outcome, Tunnel) and not (outcome is not None and pool.checkin(conn)):
             await hpool.close(conn)
+
+
+def _headers(ex: _Exchange) -> list[tuple[bytes, bytes]]:
+    """The route's headers, plus the budget left (`x-trimesh-deadline-ms`) if there is one."""
+    end = min(ex.deadline, ex.try_deadline)
+    if end == math.inf:
+        return ex.route.headers
+    return [*ex.route.headers, (pdeadline.HEADER, pdeadline.format(end - trio.current_time()))]
 
 
 async def _with_body(
@@ -213,7 +355,8 @@ async def _with_body(
         nursery.start_soon(_pump, ex, conn, nursery.cancel_scope)
         try:
             head = await _await_head(ex, conn)
-            state.succeeded(trio.current_time() - started)
+            now = trio.current_time()
+            state.succeeded(now - started, now)
             outcome = await _committed(ex, conn, head)
         except (_Stale, ProxyError, DownstreamGone) as exc:
             failure = exc  # raised below: a nursery would wrap it in a group
@@ -247,6 +390,7 @@ async def _pump(ex: _Exchange, conn: UpstreamConnection, scope: trio.CancelScope
                 raise UpstreamTimeout("upstream stopped reading the request body")
             if isinstance(event, h11.EndOfMessage):
                 ex.body_sent = True
+                _start_timeout(ex)
                 if ex.head_wait is not None:
                     ex.head_wait.deadline = trio.current_time() + ex.policy.response_timeout
                 return
@@ -309,7 +453,9 @@ async def _head_event(ex: _Exchange, conn: UpstreamConnection) -> h11.Event:
             return await _first_event(conn)
         finally:
             ex.head_wait = None
-    raise UpstreamTimeout(f"no response within {ex.policy.response_timeout:g}s")
+    error = UpstreamTimeout(f"no response within {ex.policy.response_timeout:g}s")
+    error.retry_kind = "per-try-timeout"
+    raise error
 
 
 async def _first_event(conn: UpstreamConnection) -> h11.Event:
@@ -341,7 +487,9 @@ def _closed_early(conn: UpstreamConnection, *, reset: bool = False) -> Exception
     if conn.reused and not conn.h11.trailing_data[0]:
         return _Stale()
     what = "reset" if reset else "closed"
-    return UpstreamProtocol(f"upstream {what} the connection before responding")
+    error = UpstreamProtocol(f"upstream {what} the connection before responding")
+    error.retry_kind = "reset"
+    return error
 
 
 def _malformed(exc: h11.RemoteProtocolError, conn: UpstreamConnection) -> UpstreamProtocol:
@@ -353,10 +501,27 @@ def _malformed(exc: h11.RemoteProtocolError, conn: UpstreamConnection) -> Upstre
 async def _committed(
     ex: _Exchange, conn: UpstreamConnection, head: h11.Response | h11.InformationalResponse
 ) -> bool | Tunnel:
+    if isinstance(head, h11.Response) and _may_retry(ex, None, head.status_code):
+        raise _Retry(head.status_code)
+    ex.committed = True
+    for scope in ex.disarm:
+        scope.deadline = math.inf  # the policy deadlines end where the response begins
+    ex.chosen = conn.endpoint
     if isinstance(head, h11.InformationalResponse):
         return await _switch(ex, conn, head)
     ex.rec.upstream = f"{conn.endpoint[0]}:{conn.endpoint[1]}"
-    return await commit(ex.down, conn, head, ex.policy, ex.rec, lambda: ex.body_sent)
+    return await commit(
+        ex.down, conn, head, ex.policy, ex.rec, lambda: ex.body_sent, _sticky(ex, conn.endpoint)
+    )
+
+
+def _sticky(ex: _Exchange, endpoint: hpool.Endpoint) -> list[tuple[bytes, bytes]]:
+    """Session stickiness: name the endpoint in a cookie unless the request's already did."""
+    name = ex.route.sticky_cookie
+    if name is None or ex.route.sticky == endpoint:
+        return []
+    value = cookie_value(endpoint).encode()
+    return [(b"set-cookie", b"%s=%s; Path=/; HttpOnly" % (name, value))]
 
 
 async def _switch(

@@ -9,7 +9,7 @@ truncated message, never a clean end.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import attrs
@@ -39,7 +39,11 @@ class Tunnel:
 
 
 def response_event(
-    resp: h11.Response | h11.InformationalResponse, policy: Policy, *, close: bool
+    resp: h11.Response | h11.InformationalResponse,
+    policy: Policy,
+    *,
+    close: bool,
+    extra: Sequence[tuple[bytes, bytes]] = (),
 ) -> tuple[h11.Response | h11.InformationalResponse, int | None, int | None]:
     """The head we send for an upstream head: hop-by-hop fields dropped, Via added.
 
@@ -52,6 +56,8 @@ def response_event(
         allow_underscores=True,
         close=close,
     )
+    if extra:
+        kept.extend(extra)
     event = type(resp)(status_code=resp.status_code, headers=kept, reason=resp.reason, _parsed=True)
     return event, length, keepalive
 
@@ -70,6 +76,7 @@ async def commit(
     policy: Policy,
     rec: AccessRecord,
     body_sent: Callable[[], bool],
+    extra: Sequence[tuple[bytes, bytes]] = (),
 ) -> bool:
     """Relay the response; True if the downstream connection may carry another request.
 
@@ -77,7 +84,7 @@ async def commit(
     still answers it); after it, the response is cut and False returned.
     """
     close = not body_sent() or policy.draining()
-    event, length, keepalive = response_event(head, policy, close=close)
+    event, length, keepalive = response_event(head, policy, close=close, extra=extra)
     conn.keepalive_hint(keepalive)
     out = bytearray(down.h11.send(event))
     rec.status = head.status_code

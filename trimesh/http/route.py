@@ -15,6 +15,7 @@ from typing import Protocol
 import attrs
 import h11
 
+from trimesh.config.policies import INBOUND, ServicePolicy
 from trimesh.http import headers as hh
 from trimesh.http.guard import Framing
 from trimesh.http.stream import Endpoint
@@ -29,6 +30,10 @@ class Candidate:
     instance_id: str
 
 
+class RetryBudgetLike(Protocol):
+    def try_spend(self, now: float) -> bool: ...
+
+
 @attrs.define(slots=True)
 class Route:
     target: bytes
@@ -36,6 +41,15 @@ class Route:
     candidates: Sequence[Candidate]
     service: str | None = None
     websocket: bool = False
+    # The policy this request runs under, resolved once (service and API match).
+    policy: ServicePolicy = INBOUND
+    # Seconds left of the caller's deadline (`x-trimesh-deadline-ms`), if it sent one.
+    propagated: float | None = None
+    # The service's retry budget; None: retries are not budgeted (inbound).
+    budget: RetryBudgetLike | None = None
+    # Session stickiness: the cookie's name, and the endpoint the request's cookie names.
+    sticky_cookie: bytes | None = None
+    sticky: Endpoint | None = None
 
 
 class Router(Protocol):

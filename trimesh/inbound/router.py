@@ -25,6 +25,10 @@ from trimesh.http.route import Candidate, Route, forward_headers
 from trimesh.http.stream import Endpoint
 from trimesh.http.target import Target, is_origin_form, parse_absolute, parse_authority
 from trimesh.http.tunnel import is_websocket_request
+from trimesh.policy import deadline as pdeadline
+
+# The caller's deadline is read here and sent on to the app as what is left of it.
+REPLACED = frozenset({b"host", pdeadline.HEADER})
 
 
 class InboundRouter:
@@ -77,7 +81,7 @@ class InboundRouter:
             websocket=websocket,
             peer=peer,
             via_token=self.via_token,
-            drop=frozenset({b"host"}),
+            drop=REPLACED,
             allow_underscores=self.allow_underscores,
         )
         port = self.app_port(received)
@@ -86,7 +90,9 @@ class InboundRouter:
             (b"host", host if host is not None else b"%s:%d" % (self.host.encode(), port))
         )
         candidate = Candidate((self.host, port), f"{self.host}:{port}")
-        return Route(path, headers, [candidate], self.service, websocket)
+        route = Route(path, headers, [candidate], self.service, websocket)
+        route.propagated = pdeadline.parse(hh.get(received, pdeadline.HEADER))
+        return route
 
     def _check_host(self, host: bytes) -> None:
         try:

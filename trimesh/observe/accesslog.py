@@ -36,6 +36,8 @@ class AccessRecord:
     error: str | None = None
     # Tunnels (WebSocket, CONNECT): "client", "upstream", "idle-timeout" or "error".
     closed_by: str | None = None
+    # Attempts made again after a failure or a retryable status (`retry`).
+    retries: int = 0
     started: float = attrs.field(factory=time.monotonic)
     start_wall: float = attrs.field(factory=time.time)
 
@@ -47,6 +49,8 @@ def format_record(rec: AccessRecord) -> str:
     and costs about a third as much; strings still go through json's encoder.
     """
     tail = "}" if rec.closed_by is None else f',"closed_by":{_quote(rec.closed_by)}}}'
+    if rec.retries:
+        tail = f',"retries":{rec.retries:d}{tail}'
     return (
         f'{{"ts":{rec.start_wall:.3f},"conn":{rec.conn:d},"direction":{_quote(rec.direction)},'
         f'"method":{_quote(rec.method)},"path":{_quote(rec.path)},'

@@ -7,11 +7,14 @@ connect timeout) and starts the watcher that keeps the cache current.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import random
+from collections.abc import Callable, Mapping, Sequence
 
+import attrs
 import h11
 import trio
 
+from trimesh.config.policies import PolicyBook, ServicePolicy
 from trimesh.discovery.base import Instance, RegistryError
 from trimesh.discovery.cache import InstanceCache
 from trimesh.discovery.session import Discovery
@@ -25,12 +28,17 @@ from trimesh.errors import (
     ServiceNotFound,
 )
 from trimesh.http import headers as hh
+from trimesh.http.endpoint import EndpointState
 from trimesh.http.guard import Framing
 from trimesh.http.route import Candidate, Route, forward_headers
 from trimesh.http.stream import Endpoint
 from trimesh.http.target import Target, is_origin_form, parse_absolute, parse_authority
 from trimesh.http.tunnel import is_websocket_request
-from trimesh.policy.balancer import RoundRobin
+from trimesh.policy import deadline as pdeadline
+from trimesh.policy.balancer import Balancer, PickContext, make_balancer, parse_cookie_value
+from trimesh.policy.match import request_info
+from trimesh.policy.retry import RetryBudget
+from trimesh.policy.routing import RouteRule, ServiceRouter
 
 PROXY_HINT = (
     "this is trimesh's outbound proxy port: send absolute-form requests, e.g. set "
@@ -38,7 +46,19 @@ PROXY_HINT = (
 )
 
 # Request headers the outbound router sets anew rather than passing through.
-REPLACED = frozenset({b"host", b"x-forwarded-port", b"x-cse-context"})
+REPLACED = frozenset({b"host", b"x-forwarded-port", b"x-cse-context", pdeadline.HEADER})
+
+
+@attrs.define
+class ServiceState:
+    """What the router keeps per target service across requests (built on first use)."""
+
+    policy: ServicePolicy
+    rules: ServiceRouter | None
+    balancer: Balancer
+    budget: RetryBudget
+    # True when a request's details (path, headers, cookies) decide anything.
+    needs_info: bool
 
 
 class OutboundRouter:
@@ -55,12 +75,22 @@ class OutboundRouter:
         discovery: Discovery | None = None,
         resolve_timeout: float = 5.0,
         allow_underscores: bool = False,
+        policies: PolicyBook | None = None,
+        routes: Mapping[str, Sequence[RouteRule]] | None = None,
+        states: Callable[[Endpoint], EndpointState] | None = None,
+        source_tags: Mapping[str, str] | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.cache = cache
         self.discovery = discovery
         self.via_token = via_token
-        self.balancer = RoundRobin()
+        self.policies = PolicyBook() if policies is None else policies
+        self.routes = dict(routes or {})
+        self._states = states if states is not None else _fresh_states()
+        self._rng = rng or random.Random()
+        self.services: dict[str, ServiceState] = {}
         self.source_service = source_service
+        self.source_tags = dict(source_tags or {})
         self.resolve_timeout = resolve_timeout
         self.allow_underscores = allow_underscores
         # What almost every request gets: apps rarely send their own x-cse-context.
@@ -93,8 +123,45 @@ class OutboundRouter:
         hh.set_default(headers, b"x-forwarded-proto", b"http")
         headers.append((b"x-forwarded-port", b"%d" % target.effective_port))
         headers.append((b"x-cse-context", context))
-        candidates = [Candidate(i.address, i.instance_id) for i in instances]
-        return Route(target.path, headers, candidates, service, websocket)
+        state = self._service(service)
+        route = Route(target.path, headers, (), service, websocket, state.policy)
+        route.budget = state.budget
+        state.budget.record_request(trio.current_time())
+        if state.needs_info:
+            info = request_info(
+                request.method, target.path, received, self.source_service, self.source_tags
+            )
+            route.policy = self.policies.resolve(service, info)
+            if state.rules is not None:
+                _, instances = state.rules.select(info, instances)
+            if state.policy.load_balancer == "session_sticky":
+                cookie = state.policy.sticky_cookie
+                route.sticky_cookie = cookie.encode()
+                value = info.cookies.get(cookie)
+                route.sticky = None if value is None else parse_cookie_value(value)
+        route.propagated = pdeadline.parse(hh.get(received, pdeadline.HEADER))
+        route.candidates = [Candidate(i.address, i.instance_id) for i in instances]
+        return route
+
+    def _service(self, service: str) -> ServiceState:
+        state = self.services.get(service)
+        if state is None:
+            policy = self.policies.base(service)
+            rules = self.routes.get(service, ())
+            ratio, per_second = policy.budget
+            state = self.services[service] = ServiceState(
+                policy=policy,
+                rules=ServiceRouter(rules, policy.default_version)
+                if rules or policy.default_version
+                else None,
+                balancer=make_balancer(policy.load_balancer, self._states, self._rng),
+                budget=RetryBudget(ratio, per_second),
+                needs_info=bool(rules)
+                or policy.default_version is not None
+                or policy.load_balancer == "session_sticky"
+                or self.policies.has_api_blocks(service),
+            )
+        return state
 
     def pick(self, route: Route, tried: Sequence[Endpoint]) -> Candidate | None:
         left = route.candidates
@@ -102,7 +169,10 @@ class OutboundRouter:
             left = [c for c in left if c.endpoint not in tried]
         if not left:
             return None
-        return self.balancer.pick(route.service or "", left)
+        state = self.services.get(route.service or "")
+        if state is None:
+            return left[0]
+        return state.balancer.pick(left, PickContext(trio.current_time(), route.sticky))
 
     async def tunnel(self, request: h11.Request) -> Target:
         try:
@@ -137,6 +207,12 @@ class OutboundRouter:
         except (RegistryError, trio.TooSlowError) as exc:
             detail = str(exc) or "timed out"
             raise RegistryUnreachable(f"looking up {service!r}: {detail}") from exc
+
+
+def _fresh_states() -> Callable[[Endpoint], EndpointState]:
+    """Endpoint state for a router used without a pool (tests, `trimesh route test`)."""
+    states: dict[Endpoint, EndpointState] = {}
+    return lambda endpoint: states.setdefault(endpoint, EndpointState())
 
 
 def _target(raw: bytes, fixed: Target | None) -> Target:

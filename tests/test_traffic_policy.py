@@ -1,0 +1,323 @@
+"""Traffic management through real sidecars and apps: route rules, balancers, retries,
+budgets, per-try timeouts and deadlines propagated across sidecars.
+
+Every test drives real loopback sockets; time-based ones run on the autojump clock.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import httpx
+import trio
+import trio.testing
+
+from tests.rawserver import RawConn, RawUpstream
+from tests.servers import Seen, Upstream, sidecar_config, start_sidecar
+from trimesh.policy import deadline as pdeadline
+from trimesh.sidecar import Bound, Sidecar
+
+
+def named(name: str, status: int = 200) -> Any:
+    """An app answering `status` with its own name as the body."""
+
+    async def respond(seen: Seen, up: Upstream) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        return status, [(b"x-instance", name.encode())], name.encode()
+
+    return respond
+
+
+async def app(nursery: trio.Nursery, name: str, status: int = 200) -> Upstream:
+    up = Upstream(named(name, status))
+    await nursery.start(up.serve)
+    return up
+
+
+def instance(up: Upstream | RawUpstream, version: str = "1.0", **tags: str) -> dict[str, Any]:
+    return {"address": f"127.0.0.1:{up.port}", "version": version, "tags": tags}
+
+
+async def consumer(
+    nursery: trio.Nursery, instances: list[dict[str, Any]], **extra: Any
+) -> tuple[Sidecar, Bound]:
+    raw = sidecar_config(
+        service={"name": "web", "version": "3.0"},
+        registry={"services": {"orders": instances}},
+        **extra,
+    )
+    return await start_sidecar(nursery, raw)
+
+
+def client(bound: Bound, **kw: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(proxy=f"http://127.0.0.1:{bound.outbound[1]}", timeout=10, **kw)
+
+
+async def bodies(http: httpx.AsyncClient, n: int, **kw: Any) -> Counter[str]:
+    seen: Counter[str] = Counter()
+    for _ in range(n):
+        reply = await http.get("http://orders/api", **kw)
+        seen[reply.text] += 1
+    return seen
+
+
+# --- route rules ---------------------------------------------------------------------
+
+
+async def test_header_canary_sends_vip_to_v2_and_the_rest_to_v1(nursery: trio.Nursery) -> None:
+    v1, v2 = await app(nursery, "v1"), await app(nursery, "v2")
+    rules = {
+        "orders": [
+            {
+                "precedence": 2,
+                "match": {"headers": {"x-user": {"exact": "vip"}}},
+                "route": [{"tags": {"version": "2.0"}, "weight": 100}],
+            },
+            {"precedence": 1, "route": [{"tags": {"version": "1.0"}, "weight": 100}]},
+        ]
+    }
+    _, bound = await consumer(nursery, [instance(v1, "1.0"), instance(v2, "2.0")], routes=rules)
+    async with client(bound) as http:
+        assert await bodies(http, 20, headers={"x-user": "vip"}) == {"v2": 20}
+        assert await bodies(http, 20, headers={"x-user": "someone"}) == {"v1": 20}
+        assert await bodies(http, 20) == {"v1": 20}
+
+
+async def test_weighted_canary_is_exact_over_whole_cycles(nursery: trio.Nursery) -> None:
+    v1, v2 = await app(nursery, "v1"), await app(nursery, "v2")
+    rules = {
+        "orders": [
+            {
+                "precedence": 1,
+                "route": [
+                    {"tags": {"version": "1.0"}, "weight": 90},
+                    {"tags": {"version": "2.0"}, "weight": 10},
+                ],
+            }
+        ]
+    }
+    _, bound = await consumer(nursery, [instance(v1, "1.0"), instance(v2, "2.0")], routes=rules)
+    async with client(bound) as http:
+        assert await bodies(http, 300) == {"v1": 270, "v2": 30}
+
+
+async def test_weights_under_100_send_the_rest_to_the_latest_version(
+    nursery: trio.Nursery,
+) -> None:
+    v1, v2 = await app(nursery, "v1"), await app(nursery, "v2")
+    rules = {"orders": [{"precedence": 1, "route": [{"tags": {"version": "1.0"}, "weight": 50}]}]}
+    _, bound = await consumer(nursery, [instance(v1, "1.0"), instance(v2, "2.0")], routes=rules)
+    async with client(bound) as http:
+        assert await bodies(http, 100) == {"v1": 50, "v2": 50}
+
+
+async def test_default_version_latest_sends_only_to_the_highest(nursery: trio.Nursery) -> None:
+    old, new = await app(nursery, "1.9.0"), await app(nursery, "1.10.0")
+    _, bound = await consumer(
+        nursery,
+        [instance(old, "1.9.0"), instance(new, "1.10.0")],
+        policies={"services": {"orders": {"default_version": "latest"}}},
+    )
+    async with client(bound) as http:
+        assert await bodies(http, 10) == {"1.10.0": 10}
+
+
+async def test_admin_shows_the_route_rules_in_force(nursery: trio.Nursery) -> None:
+    v1 = await app(nursery, "v1")
+    rules = {"orders": [{"precedence": 1, "route": [{"tags": {"version": "1.0"}, "weight": 100}]}]}
+    _, bound = await consumer(nursery, [instance(v1)], routes=rules)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{bound.admin[1]}") as admin:
+        found = await admin.get("/v1/mesher/routeRule/orders")
+        missing = await admin.get("/v1/mesher/routeRule/payments")
+    assert found.status_code == 200
+    assert found.json()[0]["route"] == [{"tags": {"version": "1.0"}, "weight": 100}]
+    assert missing.status_code == 404
+
+
+# --- load balancing ------------------------------------------------------------------
+
+
+async def test_session_sticky_keeps_a_client_on_one_instance(nursery: trio.Nursery) -> None:
+    apps = [await app(nursery, f"i{i}") for i in range(3)]
+    _, bound = await consumer(
+        nursery,
+        [instance(a) for a in apps],
+        policies={"services": {"orders": {"load_balancer": {"strategy": "session_sticky"}}}},
+    )
+    async with client(bound) as http:
+        first = await http.get("http://orders/api")
+        cookie = first.headers["set-cookie"]
+        assert cookie.startswith("trimesh-sticky=") and "HttpOnly" in cookie
+        name, _, value = cookie.split(";")[0].partition("=")
+        again = await bodies(http, 10, headers={"cookie": f"{name}={value}"})
+    assert again == {first.text: 10}
+    spread = set()
+    async with client(bound) as fresh:  # no cookie: round robin over all three
+        for _ in range(6):
+            fresh.cookies.clear()
+            spread.add((await fresh.get("http://orders/api")).text)
+    assert spread == {"i0", "i1", "i2"}
+
+
+# --- retries -------------------------------------------------------------------------
+
+
+async def test_gateway_errors_are_retried_on_another_instance(nursery: trio.Nursery) -> None:
+    bad, good = await app(nursery, "bad", 503), await app(nursery, "good")
+    _, bound = await consumer(
+        nursery,
+        [instance(bad), instance(good)],
+        policies={
+            "default": {"retry": {"retry_on": ["gateway-error"], "backoff": {"base": "1ms"}}}
+        },
+    )
+    async with client(bound) as http:
+        assert await bodies(http, 10) == {"good": 10}
+    # Each retry is a pick too, so round robin starts every request at the bad one.
+    assert len(bad.seen) == 10
+
+
+async def test_post_is_not_retried_by_default(nursery: trio.Nursery) -> None:
+    bad, good = await app(nursery, "bad", 503), await app(nursery, "good")
+    _, bound = await consumer(
+        nursery,
+        [instance(bad), instance(good)],
+        policies={"default": {"retry": {"retry_on": ["gateway-error"]}}},
+    )
+    async with client(bound) as http:
+        statuses = Counter(
+            [(await http.post("http://orders/api", content=b"x")).status_code for _ in range(10)]
+        )
+    assert statuses == {503: 5, 200: 5}
+    assert len(bad.seen) + len(good.seen) == 10  # never sent twice
+
+
+async def test_a_reset_before_the_response_is_retried(nursery: trio.Nursery) -> None:
+    async def hang_up(conn: RawConn) -> None:
+        await conn.next_request()  # read it, answer nothing, close
+
+    dead = RawUpstream(hang_up)
+    await nursery.start(dead.serve)
+    good = await app(nursery, "good")
+    _, bound = await consumer(nursery, [instance(dead), instance(good)])
+    async with client(bound) as http:
+        assert await bodies(http, 6) == {"good": 6}
+
+
+async def test_the_budget_stops_a_retry_storm(nursery: trio.Nursery) -> None:
+    """A hard-failing provider gets the requests plus at most the budget's retries."""
+    a, b = await app(nursery, "a", 503), await app(nursery, "b", 503)
+    retry = {
+        "attempts": 3,
+        "retry_on": ["gateway-error"],
+        "backoff": {"kind": "constant", "base": "1ms"},
+        "budget": {"ratio": 0.0, "min_per_second": 1},
+    }
+    _, bound = await consumer(
+        nursery, [instance(a), instance(b)], policies={"default": {"retry": retry}}
+    )
+    async with client(bound) as http:
+        statuses = Counter([(await http.get("http://orders/api")).status_code for _ in range(40)])
+    assert statuses == {503: 40}
+    # 10 s window x 1 retry/s = 10 retries allowed, of the 120 the policy alone would make.
+    assert len(a.seen) + len(b.seen) == 40 + 10
+
+
+async def test_per_try_timeout_then_success_on_the_next_instance(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    hung = trio.Event()
+
+    async def slow(seen: Seen, up: Upstream) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        hung.set()
+        await trio.sleep(60)
+        return 200, [], b"slow"
+
+    stuck = Upstream(slow)
+    await nursery.start(stuck.serve)
+    good = await app(nursery, "good")
+    policy = {"per_try_timeout": "1s", "retry": {"retry_on": ["per-try-timeout"]}}
+    _, bound = await consumer(
+        nursery, [instance(stuck), instance(good)], policies={"default": policy}
+    )
+    async with client(bound) as http:
+        start = trio.current_time()
+        reply = await http.get("http://orders/api")
+        elapsed = trio.current_time() - start
+    assert reply.text == "good"
+    assert hung.is_set()
+    assert 1 <= elapsed < 2  # one per-try timeout, then the other instance at once
+
+
+async def test_whole_request_timeout_is_504(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    async def slow(seen: Seen, up: Upstream) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        await trio.sleep(60)
+        return 200, [], b"slow"
+
+    stuck = Upstream(slow)
+    await nursery.start(stuck.serve)
+    _, bound = await consumer(
+        nursery, [instance(stuck)], policies={"services": {"orders": {"timeout": "2s"}}}
+    )
+    async with client(bound) as http:
+        start = trio.current_time()
+        reply = await http.get("http://orders/api")
+    assert reply.status_code == 504
+    assert reply.headers["x-trimesh-error"] == "upstream-timeout"
+    assert 2 <= trio.current_time() - start < 3
+
+
+# --- deadline propagation --------------------------------------------------------------
+
+
+async def test_deadline_propagates_and_cancels_the_second_app(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """client → sidecar A (timeout 3s) → sidecar B inbound → app B, which is slow."""
+    got = trio.Event()
+    budget: list[bytes | None] = []
+
+    async def slow(seen: Seen, up: Upstream) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        budget.append(seen.header(pdeadline.HEADER))
+        got.set()
+        await trio.sleep(60)
+        return 200, [], b"late"
+
+    app_b = Upstream(slow)
+    await nursery.start(app_b.serve)
+    provider = sidecar_config(service={"name": "orders"}, app={"ports": {"rest": app_b.port}})
+    _, b = await start_sidecar(nursery, provider)
+    _, a = await consumer(
+        nursery,
+        [{"address": f"127.0.0.1:{b.inbound[1]}"}],
+        policies={"default": {"timeout": "3s", "retry": {"attempts": 0}}},
+    )
+    async with client(a) as http:
+        start = trio.current_time()
+        reply = await http.get("http://orders/api")
+        elapsed = trio.current_time() - start
+    assert reply.status_code == 504
+    assert 3 <= elapsed < 4
+    assert got.is_set()
+    assert budget[0] is not None and 2000 < int(budget[0]) <= 3000
+    with trio.fail_after(1):
+        await app_b.disconnected.wait()  # B's sidecar gave up on the app at the deadline
+
+
+async def test_a_spent_budget_is_answered_504_without_calling_the_app(
+    nursery: trio.Nursery,
+) -> None:
+    app_b = await app(nursery, "b")
+    _, b = await start_sidecar(
+        nursery, sidecar_config(service={"name": "orders"}, app={"ports": {"rest": app_b.port}})
+    )
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{b.inbound[1]}") as http:
+        spent = await http.get("/api", headers={"x-trimesh-deadline-ms": "0"})
+        fine = await http.get("/api", headers={"x-trimesh-deadline-ms": "5000"})
+    assert spent.status_code == 504 and spent.headers["x-trimesh-error"] == "upstream-timeout"
+    assert fine.status_code == 200
+    assert len(app_b.seen) == 1
+    forwarded = app_b.seen[0].header(pdeadline.HEADER)
+    assert forwarded is not None and 0 < int(forwarded) <= 5000
