@@ -63,21 +63,23 @@ async def _upstream(payload: bytes, reset: bool, task_status: trio.TaskStatus[in
         first = calls == 1
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = await stream.receive_some(65536)
-                if not chunk:
-                    return
-                data += chunk
-            await stream.send_all(payload if first else GOOD)
-            if first and reset:
+            while True:  # later connections are a plain keep-alive server answering GOOD
+                while b"\r\n\r\n" not in data:
+                    chunk = await stream.receive_some(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                data = data.split(b"\r\n\r\n", 1)[1]
+                await stream.send_all(payload if first else GOOD)
+                if first:
+                    break
+            if reset:
                 import socket
                 import struct
 
                 stream.socket.setsockopt(
                     socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
                 )
-            elif not first:
-                await trio.sleep_forever()  # keep-alive: the sidecar may pool it
         await trio.aclose_forcefully(stream)
 
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
