@@ -21,9 +21,11 @@ class ProxyError(Exception):
     # What a retry policy calls this failure of an attempt (`retry.retry_on`); None: never retried.
     retry_kind: str | None = None
 
-    def __init__(self, detail: str = "") -> None:
+    def __init__(self, detail: str = "", *, retry_kind: str | None = None) -> None:
         super().__init__(detail or self.kind)
         self.detail = detail
+        if retry_kind is not None:
+            self.retry_kind = retry_kind
 
 
 class BadRequest(ProxyError):

@@ -20,7 +20,6 @@ from trimesh.policy.balancer import (
     STRATEGIES,
     Balancer,
     PickContext,
-    RoundRobin,
     cookie_value,
     make_balancer,
     parse_cookie_value,
@@ -86,13 +85,6 @@ def test_round_robin_stays_even_when_the_set_changes() -> None:
     b = balancer("round_robin")
     tally(b, candidates(1, 2, 3), 5)
     assert tally(b, candidates(1, 3, 4, 5), 400) == {1: 100, 3: 100, 4: 100, 5: 100}
-
-
-def test_legacy_round_robin_keeps_one_cycle_per_service() -> None:
-    rr = RoundRobin()
-    cands = candidates(1, 2, 3)
-    picks = [rr.pick(s, cands).endpoint[1] for s in ("a", "a", "b", "a", "b")]
-    assert picks == [1, 2, 1, 3, 2]
 
 
 def test_random_is_uniform() -> None:

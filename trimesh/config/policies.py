@@ -84,7 +84,6 @@ class PolicyBook:
     default: ServicePolicy = DEFAULT
     default_apis: tuple[_Block, ...] = ()
     services: Mapping[str, tuple[ServicePolicy, tuple[_Block, ...]]] = attrs.field(factory=dict)
-    raw: Mapping[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
 
     def base(self, service: str) -> ServicePolicy:
         """The service's policy before any API-level block (balancer, route defaults)."""
@@ -136,12 +135,14 @@ def parse_policies(raw: Any, where: str = "policies") -> PolicyBook:
         plain, matched = _blocks(value, at, problems)
         own_raw = _merged(base_raw, plain)
         own = _policy(own_raw, at, problems)
-        apis = [(m, b, w) for m, b, w in matched] + list(default_matched)
-        blocks = tuple(_Block(m, _policy(_merged(own_raw, [b]), w, problems)) for m, b, w in apis)
+        blocks = tuple(
+            _Block(m, _policy(_merged(own_raw, [b]), w, problems))
+            for m, b, w in matched + default_matched
+        )
         services[str(name)] = (own, blocks)
     if problems:
         raise ConfigProblems(problems)
-    return PolicyBook(default, default_apis, services, dict(raw))
+    return PolicyBook(default, default_apis, services)
 
 
 def _blocks(

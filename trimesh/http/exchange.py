@@ -50,8 +50,8 @@ from trimesh.http.tunnel import valid_websocket_switch
 from trimesh.observe.accesslog import AccessRecord
 from trimesh.policy import deadline as pdeadline
 from trimesh.policy.balancer import cookie_value
+from trimesh.policy.retry import IDEMPOTENT_METHODS
 
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 EOM = h11.EndOfMessage()
 # Fresh connections tried after stale pooled ones, per request.
 MAX_STALE_RETRIES = 2
@@ -99,8 +99,6 @@ class _Exchange:
     retries: int = 0
     # The current attempt's per-try deadline (trio time; inf: none).
     try_deadline: float = math.inf
-    # The endpoint the committed response came from (for session stickiness).
-    chosen: hpool.Endpoint | None = None
 
 
 class _Retry(Exception):
@@ -194,11 +192,9 @@ async def _attempts(ex: _Exchange, router: Router, pool: UpstreamPool) -> bool |
             stale += 1
             if stale > MAX_STALE_RETRIES or not _replayable(ex):
                 why = f"{endpoint[0]}:{endpoint[1]} closed a kept-alive connection"
-                if request.method not in IDEMPOTENT:
+                if request.method not in IDEMPOTENT_METHODS:
                     why += f"; not sent again: {request.method.decode()} is not idempotent"
                 raise UpstreamProtocol(why) from None
-            if ex.body is not None:
-                ex.body.rewind()
             continue
         except _Retry:
             pass  # `_committed` decided (and spent the budget) before raising
@@ -210,8 +206,6 @@ async def _attempts(ex: _Exchange, router: Router, pool: UpstreamPool) -> bool |
         failed.append(endpoint)
         same = endpoint if retry.same_instance(ex.retries - 1) else None
         await trio.sleep(retry.backoff.delay(ex.retries - 1, _rng))
-        if ex.body is not None:
-            ex.body.rewind()  # replayable: checked before any retry
 
 
 _rng = random.Random()
@@ -229,7 +223,7 @@ def _choose(
         for c in route.candidates:
             if c.endpoint == same:
                 return c
-    fresh = router.pick(route, tried + failed)
+    fresh = router.pick(route, tried + failed if failed else tried)
     return fresh if fresh is not None or not failed else router.pick(route, tried)
 
 
@@ -268,13 +262,13 @@ async def _tried(ex: _Exchange, conn: UpstreamConnection, pool: UpstreamPool) ->
         finally:
             ex.disarm.remove(scope)
             ex.try_deadline = math.inf
-    error = UpstreamTimeout(f"no response within the per-try timeout of {per_try:g}s")
-    error.retry_kind = "per-try-timeout"
-    raise error
+    raise UpstreamTimeout(
+        f"no response within the per-try timeout of {per_try:g}s", retry_kind="per-try-timeout"
+    )
 
 
 def _replayable(ex: _Exchange) -> bool:
-    return ex.request.method in IDEMPOTENT and (ex.body is None or ex.body.replayable)
+    return ex.request.method in IDEMPOTENT_METHODS and _replayable_body(ex)
 
 
 async def _connect(
@@ -348,6 +342,8 @@ async def _with_body(
     """Body pump ‖ head wait and relay; the pump's failure wins over the relay's."""
     ex.pump_error = None
     ex.body_sent = False  # a replay sends the body again before the head deadline starts
+    assert ex.body is not None
+    ex.body.rewind()  # every attempt sends from the first event; retries checked replayability
     await _send(conn, _serialize(conn, event))
     outcome: bool | Tunnel = False
     failure: Exception | None = None
@@ -453,9 +449,9 @@ async def _head_event(ex: _Exchange, conn: UpstreamConnection) -> h11.Event:
             return await _first_event(conn)
         finally:
             ex.head_wait = None
-    error = UpstreamTimeout(f"no response within {ex.policy.response_timeout:g}s")
-    error.retry_kind = "per-try-timeout"
-    raise error
+    raise UpstreamTimeout(
+        f"no response within {ex.policy.response_timeout:g}s", retry_kind="per-try-timeout"
+    )
 
 
 async def _first_event(conn: UpstreamConnection) -> h11.Event:
@@ -487,9 +483,7 @@ def _closed_early(conn: UpstreamConnection, *, reset: bool = False) -> Exception
     if conn.reused and not conn.h11.trailing_data[0]:
         return _Stale()
     what = "reset" if reset else "closed"
-    error = UpstreamProtocol(f"upstream {what} the connection before responding")
-    error.retry_kind = "reset"
-    return error
+    return UpstreamProtocol(f"upstream {what} the connection before responding", retry_kind="reset")
 
 
 def _malformed(exc: h11.RemoteProtocolError, conn: UpstreamConnection) -> UpstreamProtocol:
@@ -506,7 +500,6 @@ async def _committed(
     ex.committed = True
     for scope in ex.disarm:
         scope.deadline = math.inf  # the policy deadlines end where the response begins
-    ex.chosen = conn.endpoint
     if isinstance(head, h11.InformationalResponse):
         return await _switch(ex, conn, head)
     ex.rec.upstream = f"{conn.endpoint[0]}:{conn.endpoint[1]}"

@@ -182,20 +182,3 @@ def parse_cookie_value(text: str) -> Endpoint | None:
         return None
     number = int(port)
     return (host, number) if 0 < number < 65536 else None
-
-
-class RoundRobin:
-    """Round robin per service name, for callers that share one balancer among services.
-
-    Kept for the outbound router until it holds one balancer per service.
-    """
-
-    def __init__(self) -> None:
-        self._per_service: dict[str, RoundRobinBalancer] = {}
-
-    def pick(self, service: str, candidates: Sequence[C]) -> C:
-        """Pick one of `candidates` (non-empty)."""
-        balancer = self._per_service.get(service)
-        if balancer is None:
-            balancer = self._per_service[service] = RoundRobinBalancer()
-        return balancer.pick(candidates, PickContext(now=0.0))
