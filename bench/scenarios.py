@@ -262,9 +262,34 @@ def _short(file: str) -> str:
     return short.removeprefix(_REPO)
 
 
+def _policies(rig: Rig) -> ScenarioResult:
+    from bench import policies  # it imports this module
+
+    return policies.policies(rig)
+
+
+def _balancing(rig: Rig) -> ScenarioResult:
+    from bench import policies
+
+    return policies.balancing(rig)
+
+
+def _hedging(rig: Rig) -> ScenarioResult:
+    from bench import policies
+
+    return policies.hedging(rig)
+
+
 SCENARIOS: list[Scenario] = [
     Scenario("throughput", "req/s and p50/p99 at --connections (50)", throughput),
     Scenario("one_connection", "p50 latency trimesh adds at 1 connection", one_connection),
+    Scenario(
+        "policies",
+        "req/s with 10 route rules, retries, a budget and least_request configured but idle",
+        _policies,
+    ),
+    Scenario("balancing", "round_robin vs least_request with one instance 10x slower", _balancing),
+    Scenario("hedging", "p99 and extra load with and without hedging, one slow instance", _hedging),
     Scenario(
         "profile",
         "cProfile of the sidecar under the throughput load (--profile)",

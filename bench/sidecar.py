@@ -46,8 +46,19 @@ class Sidecar:
             return sum(1 for _ in f)
 
 
-def config(upstream_port: int, access_log: str) -> dict[str, object]:
-    """A trimesh config (JSON is YAML) on fresh loopback ports with one static service."""
+def config(
+    upstream_port: int,
+    access_log: str,
+    instances: list[dict[str, object]] | None = None,
+    extra: dict[str, object] | None = None,
+) -> dict[str, object]:
+    """A trimesh config (JSON is YAML) on fresh loopback ports with one static service.
+
+    The service has one instance, the upstream, unless `instances` are given;
+    `extra` adds top-level sections (e.g. `policies`, `routes`).
+    """
+    if instances is None:
+        instances = [{"address": f"{HOST}:{upstream_port}"}]
     return {
         "listen": {
             "outbound": f"{HOST}:{free_port()}",
@@ -57,9 +68,10 @@ def config(upstream_port: int, access_log: str) -> dict[str, object]:
         },
         "registry": {
             "type": "static",
-            "services": {SERVICE: [{"address": f"{HOST}:{upstream_port}"}]},
+            "services": {SERVICE: instances},
         },
         "observe": {"access_log": access_log},
+        **(extra or {}),
     }
 
 
@@ -71,10 +83,12 @@ def start(
     *,
     access_log: bool = False,
     profile: Path | None = None,
+    instances: list[dict[str, object]] | None = None,
+    extra: dict[str, object] | None = None,
 ) -> Sidecar:
     """Start `trimesh serve` and wait until its admin `/ready` answers 200."""
     log_path = procs.logdir / f"{name}.access.jsonl" if access_log else None
-    cfg = config(upstream_port, str(log_path) if log_path else "off")
+    cfg = config(upstream_port, str(log_path) if log_path else "off", instances, extra)
     cfg_path = procs.logdir / f"{name}.yaml"
     cfg_path.write_text(json.dumps(cfg, indent=2))
     argv = [sys.executable]

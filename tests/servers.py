@@ -53,6 +53,7 @@ class Upstream:
         self.connections = 0
         self.disconnects = 0
         self.disconnected = trio.Event()
+        self._disconnect = trio.Condition()
         self.request_arrived = trio.Event()
         self.port = 0
 
@@ -93,6 +94,14 @@ class Upstream:
             self.disconnects += 1
             self.disconnected.set()
             await trio.aclose_forcefully(stream)
+            async with self._disconnect:
+                self._disconnect.notify_all()
+
+    async def wait_disconnects(self, count: int) -> None:
+        """Until `count` connections in all have ended."""
+        async with self._disconnect:
+            while self.disconnects < count:
+                await self._disconnect.wait()
 
     async def _respond_or_eof(
         self, conn: h11.Connection, stream: trio.SocketStream, seen: Seen

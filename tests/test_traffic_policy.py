@@ -6,6 +6,8 @@ Every test drives real loopback sockets; time-based ones run on the autojump clo
 
 from __future__ import annotations
 
+import io
+import json
 from collections import Counter
 from typing import Any
 
@@ -15,6 +17,7 @@ import trio.testing
 
 from tests.rawserver import RawConn, RawUpstream
 from tests.servers import Seen, Upstream, sidecar_config, start_sidecar
+from trimesh.observe.accesslog import AccessLog
 from trimesh.policy import deadline as pdeadline
 from trimesh.sidecar import Bound, Sidecar
 
@@ -39,14 +42,17 @@ def instance(up: Upstream | RawUpstream, version: str = "1.0", **tags: str) -> d
 
 
 async def consumer(
-    nursery: trio.Nursery, instances: list[dict[str, Any]], **extra: Any
+    nursery: trio.Nursery,
+    instances: list[dict[str, Any]],
+    access_log: AccessLog | None = None,
+    **extra: Any,
 ) -> tuple[Sidecar, Bound]:
     raw = sidecar_config(
         service={"name": "web", "version": "3.0"},
         registry={"services": {"orders": instances}},
         **extra,
     )
-    return await start_sidecar(nursery, raw)
+    return await start_sidecar(nursery, raw, access_log)
 
 
 def client(bound: Bound, **kw: Any) -> httpx.AsyncClient:
@@ -321,3 +327,151 @@ async def test_a_spent_budget_is_answered_504_without_calling_the_app(
     assert len(app_b.seen) == 1
     forwarded = app_b.seen[0].header(pdeadline.HEADER)
     assert forwarded is not None and 0 < int(forwarded) <= 5000
+
+
+# --- hedging ---------------------------------------------------------------------------
+
+
+def after(seconds: float, name: str, status: int = 200) -> Any:
+    """An app answering `status` with its name after `seconds`."""
+
+    async def respond(seen: Seen, up: Upstream) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        await trio.sleep(seconds)
+        return status, [], name.encode()
+
+    return respond
+
+
+async def slow_app(nursery: trio.Nursery, seconds: float, name: str, status: int = 200) -> Upstream:
+    up = Upstream(after(seconds, name, status))
+    await nursery.start(up.serve)
+    return up
+
+
+async def test_a_hedge_wins_against_a_slow_instance_and_the_loser_is_closed(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    slow = await slow_app(nursery, 60, "slow")
+    fast = await app(nursery, "fast")
+    sink = io.StringIO()
+    log = AccessLog(sink)
+    _, bound = await consumer(
+        nursery,
+        [instance(slow), instance(fast)],
+        log,
+        policies={"services": {"orders": {"hedge": {"delay": "100ms"}}}},
+    )
+    async with client(bound) as http:
+        for _ in range(2):  # round robin: one of the two starts on the slow instance
+            start = trio.current_time()
+            reply = await http.get("http://orders/api")
+            assert reply.text == "fast"
+            assert trio.current_time() - start < 0.2
+    # Each hedge's pick moves round robin on, so both requests started on the slow one.
+    assert len(slow.seen) == 2 and len(fast.seen) == 2
+    with trio.fail_after(1):
+        await slow.wait_disconnects(2)  # each losing attempt's connection was closed
+    log.flush()
+    lines = [json.loads(line) for line in sink.getvalue().splitlines()]
+    assert [(e["hedges"], e["upstream"]) for e in lines] == [(1, f"127.0.0.1:{fast.port}")] * 2
+
+
+async def test_a_first_attempt_that_fails_before_the_delay_is_retried_as_usual(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    async def hang_up(conn: RawConn) -> None:
+        await conn.next_request()
+
+    dead = RawUpstream(hang_up)
+    await nursery.start(dead.serve)
+    good = await app(nursery, "good")
+    _, bound = await consumer(
+        nursery, [instance(dead), instance(good)], policies={"default": {"hedge": "1s"}}
+    )
+    async with client(bound) as http:
+        start = trio.current_time()
+        assert await bodies(http, 4) == {"good": 4}
+    assert trio.current_time() - start < 0.5  # retried on the reset, not hedged after 1 s
+    assert len(good.seen) == 4
+
+
+async def test_p95_hedging_starts_once_latency_is_known(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    stall = {"seconds": 0.0}
+
+    async def sometimes_slow(
+        seen: Seen, up: Upstream
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        await trio.sleep(stall["seconds"])
+        return 200, [], b"moody"
+
+    moody = Upstream(sometimes_slow)
+    await nursery.start(moody.serve)
+    steady = await app(nursery, "steady")
+    _, bound = await consumer(
+        nursery,
+        [instance(moody), instance(steady)],
+        policies={"default": {"hedge": "p95", "timeout": "5s"}},
+    )
+    async with client(bound) as http:
+        assert await bodies(http, 40) == {"moody": 20, "steady": 20}  # p95 learnt: ~0
+        stall["seconds"] = 60
+        start = trio.current_time()
+        assert await bodies(http, 4) == {"steady": 4}
+    # Each request on the moody instance was hedged after the 5 ms floor.
+    assert trio.current_time() - start < 0.1
+
+
+async def test_hedges_spend_the_retry_budget(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    apps = [await slow_app(nursery, 60, name) for name in "abc"]
+    policy = {
+        "timeout": "1s",
+        "retry": {"attempts": 0, "budget": {"ratio": 0.0, "min_per_second": 0.2}},
+        "hedge": {"delay": "100ms", "max_hedges": 2},
+    }
+    _, bound = await consumer(nursery, [instance(up) for up in apps], policies={"default": policy})
+    async with client(bound) as http:
+        statuses = Counter([(await http.get("http://orders/api")).status_code for _ in range(5)])
+    assert statuses == {504: 5}
+    # 10 s window x 0.2/s = 2 hedges, of the 10 the policy alone would send.
+    assert sum(len(up.seen) for up in apps) == 5 + 2
+
+
+async def test_a_post_is_never_hedged(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    slow = await slow_app(nursery, 2, "slow")
+    fast = await app(nursery, "fast")
+    _, bound = await consumer(
+        nursery,
+        [instance(slow), instance(fast)],
+        policies={"default": {"hedge": "100ms"}, "services": {"orders": {"timeout": "10s"}}},
+    )
+    async with client(bound) as http:
+        replies = [await http.post("http://orders/api") for _ in range(2)]
+    assert sorted(r.text for r in replies) == ["fast", "slow"]
+    assert len(slow.seen) == 1 and len(fast.seen) == 1
+
+
+async def test_a_retryable_answer_is_dropped_while_a_hedge_may_still_answer(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Primary answers 503 at 200 ms; the hedge (sent at 100 ms) answers 200 at 300 ms."""
+    failing = await slow_app(nursery, 0.2, "failing", 503)
+    good = await slow_app(nursery, 0.2, "good")
+    policy = {"hedge": "100ms", "retry": {"retry_on": ["gateway-error"]}}
+    _, bound = await consumer(
+        nursery,
+        [instance(failing), instance(good)],
+        policies={"default": policy},
+    )
+    async with client(bound) as http:
+        start = trio.current_time()
+        first = await http.get("http://orders/api")
+        elapsed = trio.current_time() - start
+    assert first.status_code == 200 and first.text == "good"
+    assert len(failing.seen) == 1 and len(good.seen) == 1  # no retry after the 503
+    assert 0.3 <= elapsed < 0.35

@@ -253,10 +253,11 @@ def test_an_error_table_lists_every_kind() -> None:
 POLICY_ROW = re.compile(r"^\| policy `([a-z_.]+)` \| ([^|]+) \|")
 
 
-def policy_rows() -> list[tuple[str, str]]:
+def policy_rows(pattern: re.Pattern[str] = POLICY_ROW) -> list[tuple[str, str]]:
+    """(key, default cell) of each docs/configuration.md table row `pattern` matches."""
     rows = []
     for line in CONFIG_DOC.read_text().splitlines():
-        if found := POLICY_ROW.match(line):
+        if found := pattern.match(line):
             rows.append((found[1], found[2].strip()))
     return rows
 
@@ -274,3 +275,24 @@ def test_documented_policy_default_is_the_code_default(key: str, cell: str) -> N
     for part in reversed(key.split(".")):
         nested = {part: nested}
     assert parse_policies({"default": nested}).default == ServicePolicy()
+
+
+HEDGE_ROW = re.compile(r"^\| hedge `([a-z_]+)` \| ([^|]+) \|")
+
+
+def hedge_rows() -> list[tuple[str, str]]:
+    return policy_rows(HEDGE_ROW)
+
+
+def test_the_hedge_table_names_every_key() -> None:
+    from trimesh.policy.hedge import HedgePolicy
+
+    assert [key for key, _ in hedge_rows()] == [f.name for f in attrs.fields(HedgePolicy)]
+
+
+@pytest.mark.parametrize(("key", "cell"), [r for r in hedge_rows() if r[0] != "delay"])
+def test_documented_hedge_default_is_the_code_default(key: str, cell: str) -> None:
+    from trimesh.policy.hedge import HedgePolicy, parse_hedge
+
+    written = parse_hedge({"delay": "1s", key: cell_value(key, cell)}, "hedge")
+    assert written == HedgePolicy(delay=1.0)

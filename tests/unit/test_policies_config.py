@@ -9,6 +9,7 @@ import pytest
 
 from trimesh.cli import main
 from trimesh.config.policies import ServicePolicy, parse_policies
+from trimesh.policy.hedge import HedgePolicy
 from trimesh.policy.match import ConfigProblems, request_info
 
 
@@ -65,11 +66,23 @@ def test_every_bad_key_is_named_by_its_path() -> None:
         assert path in text, text
 
 
-def test_hedge_is_refused_until_it_is_built() -> None:
+def test_hedge_blocks_parse_merge_and_turn_off() -> None:
+    book = parse_policies(
+        {
+            "default": {"hedge": {"delay": "p95", "max_hedges": 2}},
+            "services": {"fast": {"hedge": "20ms"}, "plain": {"hedge": "off"}},
+        }
+    )
+    assert book.base("other").hedge == HedgePolicy(delay="p95", max_hedges=2)
+    assert book.base("fast").hedge == HedgePolicy(delay=0.02, max_hedges=2)
+    assert book.base("plain").hedge is None
+
+
+def test_bad_hedge_is_named_by_path() -> None:
     with pytest.raises(ConfigProblems) as caught:
-        parse_policies({"default": {"hedge": {"delay": "50ms"}}})
+        parse_policies({"services": {"a": {"hedge": {"delay": "soon"}}}})
     assert caught.value.problems == [
-        "policies.default.hedge: hedging is not implemented in this build yet"
+        "policies.services.a.hedge.delay: expected a duration like 50ms, or p95; got 'soon'"
     ]
 
 

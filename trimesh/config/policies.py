@@ -179,9 +179,24 @@ def _blocks(
 def _merged(base: Mapping[str, Any], blocks: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     from trimesh.config.load import merge  # load imports this module
 
-    out = dict(base)
+    out = _expanded(base)
     for block in blocks:
-        out = merge(out, {k: v for k, v in block.items() if k in BLOCK_KEYS and k != "match"})
+        out = merge(out, _expanded(block))
+    return out
+
+
+# Keys whose scalar shorthand stands for one key of their mapping (`hedge: 20ms`).
+_SHORTHAND = {"hedge": "delay", "load_balancer": "strategy"}
+_OFF = (None, False, "off")
+
+
+def _expanded(block: Mapping[str, Any]) -> dict[str, Any]:
+    """`block`'s policy keys, shorthand spelled out so it merges key by key."""
+    out = {k: v for k, v in block.items() if k in BLOCK_KEYS and k != "match"}
+    for key, inner in _SHORTHAND.items():
+        value = out.get(key)
+        if key in out and not isinstance(value, Mapping) and value not in _OFF:
+            out[key] = {inner: value}
     return out
 
 
@@ -203,12 +218,9 @@ def _policy(raw: Mapping[str, Any], where: str, problems: list[str]) -> ServiceP
         values.update(_load_balancer(raw["load_balancer"], f"{where}.load_balancer", problems))
     if "retry" in raw:
         values.update(_retry(raw["retry"], f"{where}.retry", problems))
-    if "hedge" in raw and raw["hedge"] not in (None, False, "off"):
-        # Parsed (so its own errors show) but refused: a hedge we would not send must
-        # not look configured.
+    if "hedge" in raw and raw["hedge"] not in _OFF:
         try:
-            parse_hedge(raw["hedge"], f"{where}.hedge")
-            problems.append(f"{where}.hedge: hedging is not implemented in this build yet")
+            values["hedge"] = parse_hedge(raw["hedge"], f"{where}.hedge")
         except ConfigProblems as exc:
             problems.extend(exc.problems)
     try:

@@ -187,6 +187,9 @@ async def _attempts(ex: _Exchange, router: Router, pool: UpstreamPool) -> bool |
                 conn = await _connect(endpoint, ex, tried)
                 if conn is None:
                     continue  # refused: nothing was sent, try another instance
+            delay = _hedge_delay(ex)
+            if delay is not None:
+                return await _hedged(ex, candidate, conn, router, pool, delay, tried, failed)
             return await _tried(ex, conn, pool)
         except _Stale:
             stale += 1
@@ -271,6 +274,221 @@ def _replayable(ex: _Exchange) -> bool:
     return ex.request.method in IDEMPOTENT_METHODS and _replayable_body(ex)
 
 
+def _hedge_delay(ex: _Exchange) -> float | None:
+    """Seconds before this attempt is hedged, or None: it runs alone.
+
+    Only bodyless idempotent requests are hedged (never a WebSocket upgrade),
+    and a `p95` delay waits until the service has enough latencies observed.
+    """
+    route = ex.route
+    hedge = route.policy.hedge
+    if hedge is None or route.latency is None or route.websocket:
+        return None
+    if not hedge.allowed(ex.request.method, ex.body is None):
+        return None
+    return hedge.delay_for(route.latency)
+
+
+@attrs.define(slots=True, eq=False)
+class _Try:
+    """One attempt of a hedged request: its connection, endpoint state and per-try deadline.
+
+    Sending and waiting are separate steps, so the wait can be interrupted (the
+    hedge delay) and resumed in the race without sending twice.
+    """
+
+    candidate: Candidate
+    conn: UpstreamConnection | None
+    state: EndpointState | None = None
+    started: float = 0.0
+    deadline: float = math.inf
+    reported: bool = False
+
+    async def send(self, ex: _Exchange, pool: UpstreamPool) -> None:
+        """Connect if needed, then send the bodyless request."""
+        if self.conn is None:
+            self.conn = await _connect(self.candidate.endpoint, ex, [])
+            if self.conn is None:
+                host, port = self.candidate.endpoint
+                raise UpstreamConnect(f"{host}:{port} refused the connection")
+        conn = self.conn
+        self.state = pool.state(conn.endpoint)
+        self.state.started()
+        self.started = trio.current_time()
+        per_try = ex.route.policy.per_try_timeout
+        self.deadline = math.inf if per_try is None else self.started + per_try
+        event = h11.Request(
+            method=ex.request.method,
+            target=ex.route.target,
+            headers=_headers(ex, self.deadline),
+            _parsed=True,
+        )
+        try:
+            await _send(conn, _serialize(conn, event) + conn.h11.send(EOM))
+        except (_Stale, ProxyError):
+            self._failed()
+            raise
+
+    async def wait(self, ex: _Exchange) -> h11.Response | h11.InformationalResponse:
+        """The response head, within the per-try deadline; may be cancelled and called again."""
+        assert self.conn is not None and self.state is not None
+        try:
+            with trio.CancelScope(deadline=self.deadline):
+                head = await _await_head(ex, self.conn, relay=False)
+                now = trio.current_time()
+                self.state.succeeded(now - self.started, now)
+                self.reported = True
+                if ex.route.latency is not None:
+                    ex.route.latency.observe(now - self.started)
+                return head
+            raise UpstreamTimeout(
+                f"no response within the per-try timeout of {ex.route.policy.per_try_timeout:g}s",
+                retry_kind="per-try-timeout",
+            )
+        except (_Stale, ProxyError):
+            self._failed()
+            raise
+
+    def _failed(self) -> None:
+        if self.state is not None and not self.reported:
+            self.state.failed(trio.current_time())
+            self.reported = True
+
+    async def drop(self) -> None:
+        """This attempt lost or failed: close its connection, never pool it."""
+        if self.state is not None and not self.reported:
+            self.state.abandoned()
+            self.reported = True
+        if self.conn is not None:
+            await hpool.close(self.conn)
+
+
+async def _hedged(
+    ex: _Exchange,
+    candidate: Candidate,
+    conn: UpstreamConnection,
+    router: Router,
+    pool: UpstreamPool,
+    delay: float,
+    tried: list[hpool.Endpoint],
+    failed: list[hpool.Endpoint],
+) -> bool | Tunnel:
+    """The attempt on `conn`, plus a copy to another instance every `delay` without a head.
+
+    A head within `delay` costs one cancel scope, no tasks. Otherwise the
+    attempt keeps waiting in a race with its hedges: the first head the retry
+    policy would not retry wins and is committed; the others are cancelled at
+    once and their connections closed. Each hedge spends from the service's
+    retry budget. When every attempt fails, the first attempt's failure is
+    raised, so the retry loop treats it as usual.
+    """
+    first = _Try(candidate, conn)
+    head: h11.Response | h11.InformationalResponse | None = None
+    try:
+        await first.send(ex, pool)
+        with trio.move_on_after(delay):
+            head = await first.wait(ex)
+    except BaseException:
+        await first.drop()
+        raise
+    won = first
+    if head is None:
+        async with trio.open_nursery() as nursery:
+            race = _Race(ex, router, pool, nursery, [candidate.endpoint], failed)
+            nursery.start_soon(_racer, race, first, True)
+            nursery.start_soon(_hedger, race, delay, tried)
+        if race.winner is None:
+            assert race.error is not None
+            raise race.error
+        won, head = race.winner
+    ex.rec.instance = won.candidate.instance_id
+    assert won.conn is not None
+    outcome: bool | Tunnel | None = None
+    try:
+        outcome = await _committed(ex, won.conn, head)
+        return outcome
+    finally:
+        if not isinstance(outcome, Tunnel) and not (outcome is not None and pool.checkin(won.conn)):
+            await hpool.close(won.conn)
+
+
+@attrs.define(slots=True, eq=False)
+class _Race:
+    """A slow attempt and its hedges, in flight together: the first usable head wins."""
+
+    ex: _Exchange
+    router: Router
+    pool: UpstreamPool
+    nursery: trio.Nursery
+    # Endpoints this race has sent to (the balancer picks hedges elsewhere).
+    busy: list[hpool.Endpoint]
+    failed: list[hpool.Endpoint]
+    in_flight: int = 1
+    winner: tuple[_Try, h11.Response | h11.InformationalResponse] | None = None
+    # Raised when no attempt wins: the first attempt's failure, else a hedge's.
+    error: _Stale | ProxyError | None = None
+
+    def offer(self, attempt: _Try, head: h11.Response | h11.InformationalResponse) -> bool:
+        """A head arrived: True if it wins (everything else in the race is cancelled)."""
+        if self.winner is not None:
+            return False
+        retry = self.ex.route.policy.retry
+        retryable = isinstance(head, h11.Response) and retry.retryable_status(head.status_code)
+        if retryable and self.in_flight > 1:
+            # Envoy's rule: a response the policy would retry is dropped while
+            # another attempt may still answer.
+            self.in_flight -= 1
+            return False
+        self.winner = (attempt, head)
+        self.nursery.cancel_scope.cancel()
+        return True
+
+    def lost(self, exc: _Stale | ProxyError, endpoint: hpool.Endpoint, first: bool) -> None:
+        self.in_flight -= 1
+        if first or self.error is None:
+            self.error = exc
+        if not first:
+            self.failed.append(endpoint)
+        if self.in_flight == 0:
+            self.nursery.cancel_scope.cancel()  # nothing left to wait for
+
+
+async def _hedger(race: _Race, delay: float, tried: list[hpool.Endpoint]) -> None:
+    """Every `delay` without a winner, send a copy to an instance not yet asked."""
+    ex = race.ex
+    hedge = ex.route.policy.hedge
+    assert hedge is not None
+    for i in range(hedge.max_hedges):
+        if i:
+            await trio.sleep(delay)  # the first hedge's delay already passed
+        candidate = race.router.pick(ex.route, [*tried, *race.failed, *race.busy])
+        if candidate is None:
+            return  # no other instance: Envoy would hedge to the same one; we do not
+        budget = ex.route.budget
+        if budget is not None and not budget.try_spend(trio.current_time()):
+            return
+        race.busy.append(candidate.endpoint)
+        race.in_flight += 1
+        ex.rec.hedges += 1
+        attempt = _Try(candidate, race.pool.checkout(candidate.endpoint))
+        race.nursery.start_soon(_racer, race, attempt, False)
+
+
+async def _racer(race: _Race, attempt: _Try, first: bool) -> None:
+    """One attempt of a race, up to its response head; a loser's connection is closed."""
+    won = False
+    try:
+        if attempt.state is None:
+            await attempt.send(race.ex, race.pool)
+        head = await attempt.wait(race.ex)
+        won = race.offer(attempt, head)
+    except (_Stale, ProxyError) as exc:
+        race.lost(exc, attempt.candidate.endpoint, first)
+    finally:
+        if not won:
+            await attempt.drop()
+
+
 async def _connect(
     endpoint: hpool.Endpoint, ex: _Exchange, tried: list[hpool.Endpoint]
 ) -> UpstreamConnection | None:
@@ -299,7 +517,10 @@ async def _attempt(ex: _Exchange, conn: UpstreamConnection, pool: UpstreamPool) 
     reported = False
     try:
         event = h11.Request(
-            method=ex.request.method, target=ex.route.target, headers=_headers(ex), _parsed=True
+            method=ex.request.method,
+            target=ex.route.target,
+            headers=_headers(ex, ex.try_deadline),
+            _parsed=True,
         )
         if ex.body is None:
             await _send(conn, _serialize(conn, event) + conn.h11.send(EOM))
@@ -307,6 +528,8 @@ async def _attempt(ex: _Exchange, conn: UpstreamConnection, pool: UpstreamPool) 
             now = trio.current_time()
             state.succeeded(now - started, now)
             reported = True
+            if ex.route.latency is not None:
+                ex.route.latency.observe(now - started)
             outcome = await _committed(ex, conn, head)
         else:
             outcome = await _with_body(ex, conn, event, state, started)
@@ -324,9 +547,9 @@ async def _attempt(ex: _Exchange, conn: UpstreamConnection, pool: UpstreamPool) 
             await hpool.close(conn)
 
 
-def _headers(ex: _Exchange) -> list[tuple[bytes, bytes]]:
+def _headers(ex: _Exchange, try_deadline: float) -> list[tuple[bytes, bytes]]:
     """The route's headers, plus the budget left (`x-trimesh-deadline-ms`) if there is one."""
-    end = min(ex.deadline, ex.try_deadline)
+    end = min(ex.deadline, try_deadline)
     if end == math.inf:
         return ex.route.headers
     return [*ex.route.headers, (pdeadline.HEADER, pdeadline.format(end - trio.current_time()))]
@@ -422,9 +645,12 @@ async def _send(conn: UpstreamConnection, data: bytes) -> None:
 
 
 async def _await_head(
-    ex: _Exchange, conn: UpstreamConnection
+    ex: _Exchange, conn: UpstreamConnection, *, relay: bool = True
 ) -> h11.Response | h11.InformationalResponse:
-    """The final response head; 1xx are relayed on the way. Nothing final is written."""
+    """The final response head; 1xx are relayed on the way (dropped if not `relay`).
+
+    Nothing final is written.
+    """
     while True:
         event = await _head_event(ex, conn)
         if isinstance(event, h11.Response):
@@ -433,7 +659,7 @@ async def _await_head(
             raise UpstreamProtocol(f"unexpected response event {event!r}")
         if event.status_code == 101:
             return event  # a switch: `_committed` handles it
-        if ex.down.h11.their_http_version == b"1.1":
+        if relay and ex.down.h11.their_http_version == b"1.1":
             informational, _, _ = response_event(event, ex.policy, close=False)
             await ex.down.send(ex.down.h11.send(informational))
 

@@ -20,6 +20,7 @@ from trimesh.http import headers as hh
 from trimesh.http.guard import Framing
 from trimesh.http.stream import Endpoint
 from trimesh.http.target import Target
+from trimesh.policy.hedge import LatencyTracker
 
 
 @attrs.frozen
@@ -50,6 +51,8 @@ class Route:
     # Session stickiness: the cookie's name, and the endpoint the request's cookie names.
     sticky_cookie: bytes | None = None
     sticky: Endpoint | None = None
+    # The service's observed response-head latencies, when its policy hedges.
+    latency: LatencyTracker | None = None
 
 
 class Router(Protocol):

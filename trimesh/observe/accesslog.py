@@ -38,6 +38,8 @@ class AccessRecord:
     closed_by: str | None = None
     # Attempts made again after a failure or a retryable status (`retry`).
     retries: int = 0
+    # Extra copies sent to other instances while an attempt was slow (`hedge`).
+    hedges: int = 0
     started: float = attrs.field(factory=time.monotonic)
     start_wall: float = attrs.field(factory=time.time)
 
@@ -51,6 +53,8 @@ def format_record(rec: AccessRecord) -> str:
     tail = "}" if rec.closed_by is None else f',"closed_by":{_quote(rec.closed_by)}}}'
     if rec.retries:
         tail = f',"retries":{rec.retries:d}{tail}'
+    if rec.hedges:
+        tail = f',"hedges":{rec.hedges:d}{tail}'
     return (
         f'{{"ts":{rec.start_wall:.3f},"conn":{rec.conn:d},"direction":{_quote(rec.direction)},'
         f'"method":{_quote(rec.method)},"path":{_quote(rec.path)},'

@@ -36,6 +36,7 @@ from trimesh.http.target import Target, is_origin_form, parse_absolute, parse_au
 from trimesh.http.tunnel import is_websocket_request
 from trimesh.policy import deadline as pdeadline
 from trimesh.policy.balancer import Balancer, PickContext, make_balancer, parse_cookie_value
+from trimesh.policy.hedge import LatencyTracker
 from trimesh.policy.match import request_info
 from trimesh.policy.retry import RetryBudget
 from trimesh.policy.routing import RouteRule, ServiceRouter
@@ -57,6 +58,8 @@ class ServiceState:
     rules: ServiceRouter | None
     balancer: Balancer
     budget: RetryBudget
+    # Response-head latencies, for hedging at the observed p95.
+    latency: LatencyTracker
     # True when a request's details (path, headers, cookies) decide anything.
     needs_info: bool
 
@@ -139,6 +142,8 @@ class OutboundRouter:
                 route.sticky_cookie = cookie.encode()
                 value = info.cookies.get(cookie)
                 route.sticky = None if value is None else parse_cookie_value(value)
+        if route.policy.hedge is not None:
+            route.latency = state.latency
         route.propagated = pdeadline.parse(hh.get(received, pdeadline.HEADER))
         route.candidates = [Candidate(i.address, i.instance_id) for i in instances]
         return route
@@ -156,6 +161,7 @@ class OutboundRouter:
                 else None,
                 balancer=make_balancer(policy.load_balancer, self._states, self._rng),
                 budget=RetryBudget(ratio, per_second),
+                latency=LatencyTracker(),
                 needs_info=bool(rules)
                 or policy.default_version is not None
                 or policy.load_balancer == "session_sticky"
