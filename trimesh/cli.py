@@ -17,6 +17,7 @@ import trio
 from trimesh import __version__
 from trimesh.config import Config, ConfigError, load, registry_url
 from trimesh.config.load import merge, serving_problems
+from trimesh.mesher_import import add_import_command, run_import_command
 from trimesh.observe.logsink import SinkHandler, flush_std_sinks, std_sink
 from trimesh.registry_cli import add_registry_commands, run_registry_command
 from trimesh.route_cli import add_route_commands, run_route_command
@@ -65,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     _config_flags(check, required=True)
     add_registry_commands(sub)
     add_route_commands(sub)
+    add_import_command(sub)
     sub.add_parser("version", help="print the version", description="Print the version.")
     return parser
 
@@ -108,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "version":
         print(f"trimesh {__version__}")
         return 0
+    if args.command == "import-mesher":
+        return run_import_command(args)  # reads a Mesher folder, not a trimesh config
     try:
         config = _load(args)
         if args.command in ("serve", "check") and (problems := serving_problems(config)):

@@ -8,6 +8,8 @@ failure from its provider's own 502 (like linkerd's `l5d-proxy-error`).
 
 from __future__ import annotations
 
+import math
+
 import attrs
 
 
@@ -20,12 +22,25 @@ class ProxyError(Exception):
     close = False
     # What a retry policy calls this failure of an attempt (`retry.retry_on`); None: never retried.
     retry_kind: str | None = None
+    # Seconds after which trying again may succeed: sent as `Retry-After` (429, 503).
+    retry_after: float | None = None
 
-    def __init__(self, detail: str = "", *, retry_kind: str | None = None) -> None:
+    def __init__(
+        self,
+        detail: str = "",
+        *,
+        retry_kind: str | None = None,
+        retry_after: float | None = None,
+        status: int | None = None,
+    ) -> None:
         super().__init__(detail or self.kind)
         self.detail = detail
         if retry_kind is not None:
             self.retry_kind = retry_kind
+        if retry_after is not None:
+            self.retry_after = retry_after
+        if status is not None:
+            self.status = status
 
 
 class BadRequest(ProxyError):
@@ -101,6 +116,40 @@ class Forbidden(ProxyError):
     status = 403
 
 
+class EgressDenied(Forbidden):
+    """An external host (or port) not in `egress.allow`, or one of our own listeners."""
+
+    kind = "egress-denied"
+
+
+class RateLimited(ProxyError):
+    """A token bucket (`rate_limit`, `inbound.rate_limit`) had no token for this request."""
+
+    kind = "rate-limited"
+    status = 429
+
+
+class CircuitOpen(ProxyError):
+    """The target service's circuit breaker is open: no upstream call was made."""
+
+    kind = "circuit-open"
+    status = 503
+
+
+class MaxConcurrency(ProxyError):
+    """The target service already has `max_concurrent` requests in flight (the bulkhead)."""
+
+    kind = "max-concurrency"
+    status = 503
+
+
+class FaultAbort(ProxyError):
+    """An injected fault (`fault.abort`): answered with the configured status."""
+
+    kind = "fault-abort"
+    status = 503
+
+
 class Overloaded(ProxyError):
     """More connections than `limits.max_connections` on one listener."""
 
@@ -163,13 +212,18 @@ class Rescue:
     kind: str
     body: bytes
     close: bool
+    retry_after: float | None = None
 
     def headers(self) -> list[tuple[bytes, bytes]]:
-        return [
+        out = [
             (b"content-type", b"text/plain; charset=utf-8"),
             (b"content-length", str(len(self.body)).encode()),
             (b"x-trimesh-error", self.kind.encode()),
         ]
+        if self.retry_after is not None:
+            # Whole seconds (RFC 9110), rounded up and at least 1: "0" invites a hot loop.
+            out.append((b"retry-after", b"%d" % max(1, math.ceil(self.retry_after))))
+        return out
 
 
 def rescue(error: ProxyError) -> Rescue:
@@ -177,4 +231,4 @@ def rescue(error: ProxyError) -> Rescue:
     text = f"trimesh: {error.kind}"
     if error.detail and error.detail != error.kind:
         text += f": {error.detail}"
-    return Rescue(error.status, error.kind, (text + "\n").encode(), error.close)
+    return Rescue(error.status, error.kind, (text + "\n").encode(), error.close, error.retry_after)

@@ -19,6 +19,7 @@ from trimesh.config.model import (
     AppConfig,
     Config,
     HealthConfig,
+    InboundConfig,
     Limits,
     ListenConfig,
     ObserveConfig,
@@ -29,7 +30,9 @@ from trimesh.config.model import (
 )
 from trimesh.config.policies import parse_policies
 from trimesh.discovery.trust import this_machine_only
+from trimesh.outbound.egress import parse_egress
 from trimesh.policy.match import ConfigProblems
+from trimesh.policy.ratelimit import parse_inbound_rate_limit
 from trimesh.policy.routing import parse_routes
 
 Raw = dict[str, Any]
@@ -159,6 +162,8 @@ SCHEMA: Schema = {
     # These two validate themselves and name their own key paths.
     "routes": parse_routes,
     "policies": parse_policies,
+    "inbound": {"rate_limit": lambda v: parse_inbound_rate_limit(v, "inbound.rate_limit")},
+    "egress": parse_egress,
     "log_level": p.choice("debug", "info", "warning", "error", "critical"),
 }
 
@@ -251,6 +256,8 @@ def _assemble(v: Raw, problems: list[str]) -> Config:
         upstream=UpstreamConfig(**v.get("upstream", {})),
         registry=RegistryConfig(**v.get("registry", {})),
         observe=ObserveConfig(**v.get("observe", {})),
+        inbound=InboundConfig(**v.get("inbound", {})),
+        **({"egress": v["egress"]} if "egress" in v else {}),
         **({"routes": v["routes"]} if "routes" in v else {}),
         **({"policies": v["policies"]} if "policies" in v else {}),
         **({"log_level": v["log_level"]} if "log_level" in v else {}),

@@ -13,6 +13,8 @@ from typing import Literal
 import attrs
 
 from trimesh.config.policies import PolicyBook
+from trimesh.outbound.egress import EgressPolicy
+from trimesh.policy.ratelimit import InboundLimits
 from trimesh.policy.routing import RouteRule
 
 Address = tuple[str, int]
@@ -136,6 +138,13 @@ class ObserveConfig:
 
 
 @attrs.frozen
+class InboundConfig:
+    """The provider side's own governance (`inbound`)."""
+
+    rate_limit: InboundLimits = attrs.field(factory=InboundLimits)
+
+
+@attrs.frozen
 class Config:
     service: ServiceConfig = ServiceConfig()
     listen: ListenConfig = ListenConfig()
@@ -147,4 +156,6 @@ class Config:
     # Route rules per target service, highest precedence first (`routes`).
     routes: Mapping[str, tuple[RouteRule, ...]] = attrs.field(factory=dict)
     policies: PolicyBook = attrs.field(factory=PolicyBook)
+    inbound: InboundConfig = attrs.field(factory=InboundConfig)
+    egress: EgressPolicy = attrs.field(factory=EgressPolicy)
     log_level: str = "info"

@@ -22,15 +22,19 @@ only runs matchers and never parses. Error handling: `parse_policies` raises
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
 
 from trimesh.config import parse as p
 from trimesh.policy.balancer import COOKIE, STRATEGIES
+from trimesh.policy.breaker import BreakerPolicy, parse_circuit_breaker
+from trimesh.policy.fault import FaultPolicy, parse_fault
 from trimesh.policy.hedge import HedgePolicy, parse_hedge
 from trimesh.policy.match import ANY, ConfigProblems, Match, RequestInfo, compile_match
+from trimesh.policy.outlier import OutlierPolicy, parse_outlier
+from trimesh.policy.ratelimit import RateLimit, parse_rate_limit
 from trimesh.policy.retry import RetryPolicy, parse_budget, parse_retry
 
 BLOCK_KEYS = (
@@ -42,7 +46,15 @@ BLOCK_KEYS = (
     "load_balancer",
     "retry",
     "hedge",
+    "circuit_breaker",
+    "outlier",
+    "max_concurrent",
+    "rate_limit",
+    "fault",
 )
+# Keys that hold per-service state (counters, windows, buckets): a block with a
+# `match` (one API) cannot have its own, so they are refused there.
+SERVICE_ONLY_KEYS = ("load_balancer", "circuit_breaker", "outlier", "max_concurrent", "rate_limit")
 
 
 @attrs.frozen
@@ -63,12 +75,24 @@ class ServicePolicy:
     # (ratio of recent requests, retries per second always allowed)
     budget: tuple[float, float] = (0.2, 10.0)
     hedge: HedgePolicy | None = None
+    circuit_breaker: BreakerPolicy = attrs.field(factory=BreakerPolicy)
+    outlier: OutlierPolicy = attrs.field(factory=OutlierPolicy)
+    # The bulkhead: requests in flight to the service at once (Mesher's
+    # maxConcurrentRequests); None: unlimited.
+    max_concurrent: int | None = 1000
+    rate_limit: RateLimit | None = None
+    fault: FaultPolicy | None = None
 
 
 DEFAULT = ServicePolicy()
 # The inbound side calls the local app once: no retries, no hedges.
 # Its own deadline is `upstream.response_timeout`; a caller's propagated deadline still applies.
-INBOUND = ServicePolicy(timeout=None, retry=RetryPolicy(attempts=0))
+INBOUND = ServicePolicy(
+    timeout=None,
+    retry=RetryPolicy(attempts=0),
+    outlier=OutlierPolicy(enabled=False),
+    max_concurrent=None,
+)
 
 
 @attrs.frozen
@@ -167,6 +191,12 @@ def _blocks(
         if "match" not in block:
             plain.append(block)
             continue
+        for key in SERVICE_ONLY_KEYS:
+            if key in block:
+                problems.append(
+                    f"{at}.{key}: applies to the whole service, not one API: "
+                    "move it to a block without `match`"
+                )
         try:
             match = compile_match(block["match"], f"{at}.match")
         except ConfigProblems as exc:
@@ -186,7 +216,12 @@ def _merged(base: Mapping[str, Any], blocks: Sequence[Mapping[str, Any]]) -> dic
 
 
 # Keys whose scalar shorthand stands for one key of their mapping (`hedge: 20ms`).
-_SHORTHAND = {"hedge": "delay", "load_balancer": "strategy"}
+_SHORTHAND = {
+    "hedge": "delay",
+    "load_balancer": "strategy",
+    "circuit_breaker": "enabled",
+    "outlier": "enabled",
+}
 _OFF = (None, False, "off")
 
 
@@ -218,9 +253,17 @@ def _policy(raw: Mapping[str, Any], where: str, problems: list[str]) -> ServiceP
         values.update(_load_balancer(raw["load_balancer"], f"{where}.load_balancer", problems))
     if "retry" in raw:
         values.update(_retry(raw["retry"], f"{where}.retry", problems))
-    if "hedge" in raw and raw["hedge"] not in _OFF:
+    if "max_concurrent" in raw:
         try:
-            values["hedge"] = parse_hedge(raw["hedge"], f"{where}.hedge")
+            values["max_concurrent"] = _max_concurrent(raw["max_concurrent"])
+        except ValueError as exc:
+            problems.append(f"{where}.max_concurrent: {exc}")
+    for key, parse_block in _BLOCK_PARSERS.items():
+        value = raw.get(key)
+        if key not in raw or (value in _OFF and key in _OPTIONAL_BLOCKS):
+            continue
+        try:
+            values[key] = parse_block(value, f"{where}.{key}")
         except ConfigProblems as exc:
             problems.extend(exc.problems)
     try:
@@ -228,6 +271,23 @@ def _policy(raw: Mapping[str, Any], where: str, problems: list[str]) -> ServiceP
     except (TypeError, ValueError) as exc:
         problems.append(f"{where}: {exc}")
         return DEFAULT
+
+
+_BLOCK_PARSERS: dict[str, Callable[[Any, str], Any]] = {
+    "hedge": parse_hedge,
+    "circuit_breaker": parse_circuit_breaker,
+    "outlier": parse_outlier,
+    "rate_limit": parse_rate_limit,
+    "fault": parse_fault,
+}
+# Blocks that `off` (or null) removes; the others are always there, with `enabled`.
+_OPTIONAL_BLOCKS = frozenset({"hedge", "rate_limit", "fault"})
+
+
+def _max_concurrent(value: Any) -> int | None:
+    if value in _OFF:
+        return None
+    return p.positive_int(value)
 
 
 def _default_version(value: Any) -> str | None:

@@ -27,7 +27,8 @@ from trimesh.errors import BadRequest, DownstreamGone, ProxyError, RequestTimeou
 from trimesh.http import stream as hs
 from trimesh.http import synthetic
 from trimesh.http.downstream import Downstream
-from trimesh.http.exchange import Policy, forward
+from trimesh.http.exchange import Policy
+from trimesh.http.governance import governed
 from trimesh.http.guard import NO_BODY
 from trimesh.http.pool import UpstreamPool
 from trimesh.http.relay import Tunnel
@@ -189,7 +190,7 @@ async def _in_request_scope(
         try:
             route = await ctx.router.route(request, down.guard.framing, down.peer, fixed)
             rec.service = route.service
-            return await forward(down, request, route, ctx.router, ctx.pool, policy, rec)
+            return await governed(down, request, route, ctx.router, ctx.pool, policy, rec)
         finally:
             # Out of the scope, writes (error answers) get their own deadline.
             down.request_scope = down.write_scope = None

@@ -214,6 +214,13 @@ async def _attempts(ex: _Exchange, router: Router, pool: UpstreamPool) -> bool |
 _rng = random.Random()
 
 
+def _outlier_failed(ex: _Exchange, endpoint: hpool.Endpoint, exc: _Stale | ProxyError) -> None:
+    """Count a failed attempt against its instance; a stale pooled connection is not one."""
+    guards = ex.route.guards
+    if guards is not None and not isinstance(exc, _Stale) and exc.retry_kind is not None:
+        guards.outlier.failed(endpoint, trio.current_time(), len(ex.route.candidates))
+
+
 def _choose(
     router: Router,
     route: Route,
@@ -325,8 +332,8 @@ class _Try:
         )
         try:
             await _send(conn, _serialize(conn, event) + conn.h11.send(EOM))
-        except (_Stale, ProxyError):
-            self._failed()
+        except (_Stale, ProxyError) as exc:
+            self._failed(ex, exc)
             raise
 
     async def wait(self, ex: _Exchange) -> h11.Response | h11.InformationalResponse:
@@ -345,14 +352,15 @@ class _Try:
                 f"no response within the per-try timeout of {ex.route.policy.per_try_timeout:g}s",
                 retry_kind="per-try-timeout",
             )
-        except (_Stale, ProxyError):
-            self._failed()
+        except (_Stale, ProxyError) as exc:
+            self._failed(ex, exc)
             raise
 
-    def _failed(self) -> None:
+    def _failed(self, ex: _Exchange, exc: _Stale | ProxyError) -> None:
         if self.state is not None and not self.reported:
             self.state.failed(trio.current_time())
             self.reported = True
+        _outlier_failed(ex, self.candidate.endpoint, exc)
 
     async def drop(self) -> None:
         """This attempt lost or failed: close its connection, never pool it."""
@@ -535,10 +543,11 @@ async def _attempt(ex: _Exchange, conn: UpstreamConnection, pool: UpstreamPool) 
             outcome = await _with_body(ex, conn, event, state, started)
             reported = True
         return outcome
-    except (_Stale, ProxyError):
+    except (_Stale, ProxyError) as exc:
         if not reported:
             state.failed(trio.current_time())
             reported = True
+        _outlier_failed(ex, conn.endpoint, exc)
         raise
     finally:
         if not reported:
@@ -721,6 +730,13 @@ def _malformed(exc: h11.RemoteProtocolError, conn: UpstreamConnection) -> Upstre
 async def _committed(
     ex: _Exchange, conn: UpstreamConnection, head: h11.Response | h11.InformationalResponse
 ) -> bool | Tunnel:
+    guards = ex.route.guards
+    if guards is not None and isinstance(head, h11.Response):
+        # Outlier detection counts the breaker's failure statuses per instance.
+        if guards.breaker.is_failure_status(head.status_code):
+            guards.outlier.failed(conn.endpoint, trio.current_time(), len(ex.route.candidates))
+        else:
+            guards.outlier.succeeded(conn.endpoint, trio.current_time())
     if isinstance(head, h11.Response) and _may_retry(ex, None, head.status_code):
         raise _Retry(head.status_code)
     ex.committed = True

@@ -308,3 +308,15 @@ def cse_context(existing: bytes | None, source_service: str) -> bytes:
             context = {str(k): str(v) for k, v in parsed.items()}
     context["x-cse-src-microservice"] = source_service
     return json.dumps(context, separators=(",", ":")).encode()
+
+
+def cse_source(context: bytes | None) -> str | None:
+    """The calling service named in an `x-cse-context` map, if it names one."""
+    if not context or b"x-cse-src-microservice" not in context:
+        return None
+    try:
+        parsed = json.loads(context)
+    except (ValueError, RecursionError):
+        return None
+    source = parsed.get("x-cse-src-microservice") if isinstance(parsed, dict) else None
+    return source if isinstance(source, str) and source else None

@@ -10,7 +10,7 @@ first use of a service name.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 import h11
@@ -21,6 +21,9 @@ from trimesh.http.guard import Framing
 from trimesh.http.stream import Endpoint
 from trimesh.http.target import Target
 from trimesh.policy.hedge import LatencyTracker
+
+if TYPE_CHECKING:
+    from trimesh.http.governance import ServiceGuards
 
 
 @attrs.frozen
@@ -53,6 +56,8 @@ class Route:
     sticky: Endpoint | None = None
     # The service's observed response-head latencies, when its policy hedges.
     latency: LatencyTracker | None = None
+    # The target service's breaker, bulkhead, rate limit and outlier state; None: ungoverned.
+    guards: ServiceGuards | None = None
 
 
 class Router(Protocol):

@@ -15,10 +15,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import h11
+import trio
 
 from trimesh.config.model import AppConfig
 from trimesh.discovery.trust import parse_ip
-from trimesh.errors import BadRequest, LoopDetected, MethodNotAllowed, Misdirected, NoInstance
+from trimesh.errors import (
+    BadRequest,
+    LoopDetected,
+    MethodNotAllowed,
+    Misdirected,
+    NoInstance,
+    RateLimited,
+)
 from trimesh.http import headers as hh
 from trimesh.http.guard import Framing
 from trimesh.http.route import Candidate, Route, forward_headers
@@ -26,6 +34,7 @@ from trimesh.http.stream import Endpoint
 from trimesh.http.target import Target, is_origin_form, parse_absolute, parse_authority
 from trimesh.http.tunnel import is_websocket_request
 from trimesh.policy import deadline as pdeadline
+from trimesh.policy.ratelimit import InboundLimiter
 
 # The caller's deadline is read here and sent on to the app as what is left of it.
 REPLACED = frozenset({b"host", pdeadline.HEADER})
@@ -42,6 +51,7 @@ class InboundRouter:
         service: str,
         own_hosts: Sequence[str] = (),
         allow_underscores: bool = False,
+        limiter: InboundLimiter | None = None,
     ) -> None:
         self.host = app.host
         self.default_port = app.default_port
@@ -51,6 +61,8 @@ class InboundRouter:
         # Host names that mean "this sidecar" besides our service name.
         self.own_hosts = frozenset(h.lower() for h in (*own_hosts, "localhost", service))
         self.allow_underscores = allow_underscores
+        # `inbound.rate_limit`; replaced whole on a config reload.
+        self.limiter = limiter
 
     def app_port(self, received: hh.Headers) -> int:
         wanted = hh.get(received, b"x-forwarded-port")
@@ -74,6 +86,12 @@ class InboundRouter:
             path, host = absolute.path, absolute.authority
         if host is not None:
             self._check_host(host)
+        if self.limiter is not None:
+            source = hh.cse_source(hh.get(received, b"x-cse-context"))
+            wait = self.limiter.check(source, trio.current_time())
+            if wait:
+                who = "" if source is None else f" for callers from {source!r}"
+                raise RateLimited(f"over the inbound rate limit{who}", retry_after=wait)
         websocket = is_websocket_request(received)
         headers = forward_headers(
             received,

@@ -29,6 +29,7 @@ from trimesh.errors import (
 )
 from trimesh.http import headers as hh
 from trimesh.http.endpoint import EndpointState
+from trimesh.http.governance import ServiceGuards
 from trimesh.http.guard import Framing
 from trimesh.http.route import Candidate, Route, forward_headers
 from trimesh.http.stream import Endpoint
@@ -60,6 +61,8 @@ class ServiceState:
     budget: RetryBudget
     # Response-head latencies, for hedging at the observed p95.
     latency: LatencyTracker
+    # Breaker, bulkhead, rate limit and outlier ejection.
+    guards: ServiceGuards
     # True when a request's details (path, headers, cookies) decide anything.
     needs_info: bool
 
@@ -129,6 +132,7 @@ class OutboundRouter:
         state = self._service(service)
         route = Route(target.path, headers, (), service, websocket, state.policy)
         route.budget = state.budget
+        route.guards = state.guards
         state.budget.record_request(trio.current_time())
         if state.needs_info:
             info = request_info(
@@ -162,6 +166,7 @@ class OutboundRouter:
                 balancer=make_balancer(policy.load_balancer, self._states, self._rng),
                 budget=RetryBudget(ratio, per_second),
                 latency=LatencyTracker(),
+                guards=ServiceGuards.build(policy, trio.current_time()),
                 needs_info=bool(rules)
                 or policy.default_version is not None
                 or policy.load_balancer == "session_sticky"
@@ -178,7 +183,9 @@ class OutboundRouter:
         state = self.services.get(route.service or "")
         if state is None:
             return left[0]
-        return state.balancer.pick(left, PickContext(trio.current_time(), route.sticky))
+        now = trio.current_time()
+        left = state.guards.outlier.available(left, now)  # ejected instances sit out
+        return state.balancer.pick(left, PickContext(now, route.sticky))
 
     async def tunnel(self, request: h11.Request) -> Target:
         try:

@@ -1,0 +1,286 @@
+"""Circuit breaker (Hystrix semantics, as in ServiceComb Mesher / go-chassis): sans-IO.
+
+Closed: outcomes are counted in a rolling window (`window` seconds in `buckets`
+buckets). Once the window holds at least `request_volume_threshold` requests and
+`error_threshold_percentage` % of them failed, the circuit opens: every request is
+refused until `sleep_window` has passed. Then it is half-open: exactly one request
+(the probe) goes through; its success closes the circuit with fresh counts, its
+failure opens it for another `sleep_window`. Time is passed in as `now`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import attrs
+
+from trimesh.config import parse
+from trimesh.policy.retry import _mapping, _take, fail
+
+State = Literal["closed", "open", "half-open"]
+
+
+def _positive(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
+
+
+def _percentage(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not 0 < value <= 100:
+        raise ValueError(f"{attribute.name} must be within (0, 100], got {value!r}")
+
+
+def _statuses(_: Any, attribute: attrs.Attribute[Any], value: frozenset[int]) -> None:
+    if any(not 400 <= s <= 599 for s in value):
+        raise ValueError(f"{attribute.name}: status codes must be 400-599, got {sorted(value)}")
+
+
+@attrs.frozen
+class BreakerPolicy:
+    """When a service's circuit opens and for how long; off unless `enabled`."""
+
+    enabled: bool = False
+    request_volume_threshold: int = attrs.field(default=20, validator=_positive)
+    error_threshold_percentage: float = attrs.field(default=50.0, validator=_percentage)
+    sleep_window: float = attrs.field(default=15.0, validator=_positive)
+    force_open: bool = False
+    force_closed: bool = False
+    failure_statuses: frozenset[int] = attrs.field(
+        default=frozenset({502, 503, 504}), validator=_statuses
+    )
+    window: float = attrs.field(default=10.0, validator=_positive)
+    buckets: int = attrs.field(default=10, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        if self.force_open and self.force_closed:
+            raise ValueError("force_open and force_closed exclude each other")
+
+
+class CircuitBreaker:
+    """One service's circuit: `allow` before a request, `record` or `abandon` after it.
+
+    Outcomes that arrive while the circuit is open come from requests let through
+    before it opened; they are ignored, except that any outcome while a probe is out
+    decides the probe (`record` carries no token to tell them apart). A probe that
+    has reported nothing for `sleep_window` is presumed lost and another may go.
+    """
+
+    def __init__(self, policy: BreakerPolicy) -> None:
+        self.policy = policy
+        self._width = policy.window / policy.buckets
+        self._requests = [0] * policy.buckets
+        self._errors = [0] * policy.buckets
+        self._request_total = 0
+        self._error_total = 0
+        self._epoch: int | None = None  # number of the current bucket since time 0
+        self._opened_at: float | None = None  # None: closed
+        self._probe_at: float | None = None  # when the half-open probe went; None: none out
+        self.opened = 0  # times the circuit opened, for metrics
+        self.rejected = 0  # requests refused, for metrics
+
+    def __repr__(self) -> str:
+        return (
+            f"<CircuitBreaker opened_at={self._opened_at} probe_at={self._probe_at}"
+            f" requests={self._request_total} errors={self._error_total}>"
+        )
+
+    def allow(self, now: float) -> bool:
+        """Whether a request may go now; False: answer 503 circuit-open."""
+        policy = self.policy
+        if not policy.enabled or policy.force_closed:
+            return True
+        if policy.force_open or not self._may_go(now):
+            self.rejected += 1
+            return False
+        return True
+
+    def _may_go(self, now: float) -> bool:
+        if self._opened_at is None and not self._trip(now):
+            return True
+        assert self._opened_at is not None
+        sleep = self.policy.sleep_window
+        if now < self._opened_at + sleep:
+            return False
+        if self._probe_at is not None and now < self._probe_at + sleep:
+            return False
+        self._probe_at = now
+        return True
+
+    def record(self, now: float, ok: bool) -> None:
+        """The outcome of a request `allow` let through."""
+        policy = self.policy
+        if not policy.enabled or policy.force_open:
+            return
+        if self._opened_at is None:
+            slot = self._advance(now)
+            self._requests[slot] += 1
+            self._request_total += 1
+            if not ok:
+                self._errors[slot] += 1
+                self._error_total += 1
+                if not policy.force_closed:
+                    self._trip(now)
+        elif self._probe_at is not None:
+            self._probe_at = None
+            if ok:
+                self._close()
+            else:
+                self._opened_at = now
+
+    def abandon(self, now: float) -> None:
+        """A request `allow` let through ended with no outcome: the probe, if out, is freed."""
+        if self._opened_at is not None:
+            self._probe_at = None
+
+    def state(self, now: float) -> State:
+        policy = self.policy
+        if not policy.enabled or policy.force_closed:
+            return "closed"
+        if policy.force_open:
+            return "open"
+        if self._opened_at is None and not self._trip(now):
+            return "closed"
+        assert self._opened_at is not None
+        return "open" if now < self._opened_at + policy.sleep_window else "half-open"
+
+    def retry_after(self, now: float) -> float:
+        """Seconds until the next probe may go; 0 if one may go now or the circuit is closed.
+
+        A forced-open circuit never probes: it answers `sleep_window` as a hint.
+        """
+        state = self.state(now)
+        if state == "closed":
+            return 0.0
+        if self.policy.force_open:
+            return self.policy.sleep_window
+        assert self._opened_at is not None
+        since = self._opened_at if self._probe_at is None else self._probe_at
+        return max(0.0, since + self.policy.sleep_window - now)
+
+    def is_failure_status(self, status: int) -> bool:
+        return status in self.policy.failure_statuses
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        """The circuit for the admin view (JSON-able)."""
+        state = self.state(now)
+        self._advance(now)
+        requests, errors = self._request_total, self._error_total
+        return {
+            "state": state,
+            "requests": requests,
+            "errors": errors,
+            "error_percentage": round(100.0 * errors / requests, 1) if requests else 0.0,
+            "opened_at": self._opened_at,
+            "retry_after": self.retry_after(now),
+            "probing": self._probe_at is not None,
+            "opened": self.opened,
+            "rejected": self.rejected,
+        }
+
+    def _trip(self, now: float) -> bool:
+        """Open the (closed) circuit if the window is over both thresholds."""
+        self._advance(now)
+        policy = self.policy
+        total = self._request_total
+        if total < policy.request_volume_threshold:
+            return False
+        if 100.0 * self._error_total < policy.error_threshold_percentage * total:
+            return False
+        self._opened_at = now
+        self._probe_at = None
+        self.opened += 1
+        return True
+
+    def _close(self) -> None:
+        self._opened_at = None
+        for slot in range(len(self._requests)):
+            self._requests[slot] = self._errors[slot] = 0
+        self._request_total = self._error_total = 0
+        self._epoch = None
+
+    def _advance(self, now: float) -> int:
+        """Move to the bucket of `now`, emptying the buckets that left the window."""
+        epoch = math.floor(now / self._width)
+        if self._epoch is None:
+            self._epoch = epoch
+        size = len(self._requests)
+        # A clock that steps back (it should not) keeps counting in the current bucket.
+        for step in range(1, min(epoch - self._epoch, size) + 1):
+            slot = (self._epoch + step) % size
+            self._request_total -= self._requests[slot]
+            self._error_total -= self._errors[slot]
+            self._requests[slot] = self._errors[slot] = 0
+        self._epoch = max(self._epoch, epoch)
+        return self._epoch % size
+
+
+# --- config ---------------------------------------------------------------------------
+
+_KEYS = (
+    "enabled",
+    "request_volume_threshold",
+    "error_threshold_percentage",
+    "sleep_window",
+    "force_open",
+    "force_closed",
+    "failure_statuses",
+)
+
+
+def parse_circuit_breaker(raw: Any, where: str) -> BreakerPolicy:
+    """The `circuit_breaker` block; empty for the defaults (off), `off`/`on` as shorthand.
+
+    Error handling: raises the config error naming every bad key by its path.
+    """
+    if raw is None:
+        return BreakerPolicy()
+    if isinstance(raw, bool | str):
+        try:
+            return BreakerPolicy(enabled=parse.boolean(raw))
+        except ValueError as exc:
+            fail([f"{where}: {exc}"])
+    problems: list[str] = []
+    values = _mapping(raw, where, _KEYS, problems)
+    out: dict[str, Any] = {}
+    for key in ("enabled", "force_open", "force_closed"):
+        _take(values, key, parse.boolean, where, problems, out)
+    _take(values, "request_volume_threshold", parse.positive_int, where, problems, out)
+    _take(values, "error_threshold_percentage", percentage, where, problems, out)
+    _take(values, "sleep_window", parse.duration, where, problems, out)
+    _take(values, "failure_statuses", _failure_statuses, where, problems, out)
+    if out.get("force_open") and out.get("force_closed"):
+        problems.append(f"{where}.force_closed: cannot be true with force_open")
+    if (out.get("force_open") or out.get("force_closed")) and not out.get("enabled"):
+        problems.append(f"{where}.enabled: force_open/force_closed need enabled: true")
+    if problems:
+        fail(problems)
+    return BreakerPolicy(**out)
+
+
+def percentage(value: Any) -> float:
+    """A number in (0, 100]."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a percentage (0-100), got {value!r}")
+    try:
+        n = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a percentage (0-100), got {value!r}") from None
+    if not 0 < n <= 100:
+        raise ValueError(f"must be more than 0 and at most 100, got {value!r}")
+    return n
+
+
+def _failure_statuses(raw: Any) -> frozenset[int]:
+    """`[502, 503]` or `"502,503"` → status codes 400-599."""
+    items = raw.split(",") if isinstance(raw, str) else raw
+    if not isinstance(items, list | tuple):
+        raise ValueError(f"expected a list of status codes like [502, 503], got {raw!r}")
+    out = set()
+    for item in items:
+        text = str(item).strip() if isinstance(item, int | str) else ""
+        ok = not isinstance(item, bool) and text.isascii() and text.isdigit()
+        if not (ok and 400 <= int(text) <= 599):
+            raise ValueError(f"expected status codes 400-599, got {item!r}")
+        out.add(int(text))
+    return frozenset(out)
