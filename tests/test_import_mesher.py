@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
+from trimesh import convert as p
 from trimesh.config import Config, load
-from trimesh.config import parse as p
 from trimesh.config.load import serving_problems
 from trimesh.mesher_import import add_import_command, convert, read_folder, run_import_command
 
@@ -647,6 +647,7 @@ def test_egress_rules() -> None:
 
 
 # --- the printed YAML goes back through trimesh's own loader ------------------------------
+
 
 def _load(config: Mapping[str, Any], tmp_path: Path) -> Config:
     path = tmp_path / "trimesh.yaml"

@@ -112,12 +112,17 @@ async def test_connect_tunnel_carries_http_through_the_pipeline(
     assert upstream.seen[0].header(b"via") is not None  # the same pipeline added Via
 
 
-async def test_connect_to_unknown_target_is_405(nursery: trio.Nursery) -> None:
+async def test_connect_to_unknown_target_is_refused(nursery: trio.Nursery) -> None:
     _, bound = await start_sidecar(nursery, sidecar_config())
     out = await raw_request(
         bound.outbound[1], b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"
     )
-    assert out.startswith(b"HTTP/1.1 405 ")
+    assert out.startswith(b"HTTP/1.1 403 ")  # an outside host not in egress.allow
+    assert b"x-trimesh-error: egress-denied" in out
+    out = await raw_request(
+        bound.outbound[1], b"CONNECT nowhere:443 HTTP/1.1\r\nHost: nowhere:443\r\n\r\n"
+    )
+    assert out.startswith(b"HTTP/1.1 405 ")  # a service name the registry does not know
     assert b"x-trimesh-error: method-not-allowed" in out
 
 

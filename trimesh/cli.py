@@ -17,6 +17,7 @@ import trio
 from trimesh import __version__
 from trimesh.config import Config, ConfigError, load, registry_url
 from trimesh.config.load import merge, serving_problems
+from trimesh.config.reload import RawSource, local_layers
 from trimesh.mesher_import import add_import_command, run_import_command
 from trimesh.observe.logsink import SinkHandler, flush_std_sinks, std_sink
 from trimesh.registry_cli import add_registry_commands, run_registry_command
@@ -128,15 +129,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_registry_command(args, config)
     if args.command == "route":
         return run_route_command(args, config)
-    return _serve(config)
+    return _serve(config, local_layers(args.config, _cli_overrides(args)), args.config)
 
 
-def _serve(config: Config) -> int:
+def _serve(config: Config, source: RawSource, path: Path | None) -> int:
+    """Run the sidecar; it re-reads `source` (file < env < CLI) on SIGHUP or a file change."""
     from trimesh.sidecar import Sidecar
 
     _log_to_stderr(config.log_level)
     try:
-        trio.run(_run, Sidecar(config))
+        trio.run(_run, Sidecar(config, reload_source=source, config_path=path))
     except (OSError, BaseExceptionGroup) as exc:
         cause = _os_error(exc)
         if cause is None:

@@ -24,7 +24,7 @@ from typing import Any
 import attrs
 import yaml
 
-from trimesh.config import parse
+from trimesh import convert as parse
 
 Raw = dict[str, Any]
 

@@ -17,12 +17,15 @@ import secrets
 import signal
 from collections.abc import Awaitable, Callable
 from functools import partial
+from pathlib import Path
 
 import attrs
 import trio
 
 from trimesh.admin import AdminRoutes, AdminSettings, run_admin, version_body
+from trimesh.config.centre import ConfigCentre
 from trimesh.config.model import Address, Config, ServiceConfig
+from trimesh.config.reload import ConfigWatcher, RawSource
 from trimesh.discovery.cache import InstanceCache
 from trimesh.discovery.factory import build_registry, instance_filter, registration_for
 from trimesh.discovery.health import health_loop, health_target
@@ -38,6 +41,7 @@ from trimesh.http.route import Router
 from trimesh.inbound.router import InboundRouter
 from trimesh.observe.accesslog import AccessLog
 from trimesh.outbound.router import OutboundRouter
+from trimesh.policy.ratelimit import InboundLimiter, RateLimit
 from trimesh.policy.routing import RouteRule
 
 log = logging.getLogger("trimesh.sidecar")
@@ -58,8 +62,19 @@ class Bound:
 class Sidecar:
     """Owns every long-lived object; `run` is the root nursery."""
 
-    def __init__(self, config: Config, *, access_log: AccessLog | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        access_log: AccessLog | None = None,
+        reload_source: RawSource | None = None,
+        config_path: Path | None = None,
+    ) -> None:
         self.config = config
+        # Live reload (`trimesh serve`): re-read these layers on SIGHUP or a file change.
+        self.reload_source = reload_source
+        self.config_path = config_path
+        self.config_watcher: ConfigWatcher | None = None
         self.instance_token = secrets.token_hex(4)
         self.cache = InstanceCache()
         self.registry = build_registry(config.registry, app=config.service.app)
@@ -82,6 +97,45 @@ class Sidecar:
         self.drain = Drain()
         self.bound: Bound | None = None
         self._stop = trio.Event()
+        c = config
+        self.outbound = OutboundRouter(
+            self.cache,
+            via_token=self.via_token("outbound"),
+            source_service=c.service.name,
+            discovery=self.discovery,
+            resolve_timeout=c.upstream.connect_timeout,
+            allow_underscores=c.limits.allow_underscores,
+            policies=c.policies,
+            routes=c.routes,
+            states=self.pools[0].state,
+            source_tags=source_tags(c.service),
+            egress=c.egress,
+        )
+        own_hosts = [h for h in (c.listen.advertise, c.listen.inbound[0]) if h]
+        self.inbound = InboundRouter(
+            c.app,
+            via_token=self.via_token("inbound"),
+            service=c.service.name,
+            own_hosts=own_hosts,
+            allow_underscores=c.limits.allow_underscores,
+            # Built before trio's clock runs: time 0, which only means "full".
+            limiter=_limiter(c, 0.0),
+        )
+
+    def apply_config(self, new: Config) -> None:
+        """Swap in a reloaded config (its reloadable sections): synchronous, so atomic.
+
+        A request reads its policy, rules and limits once, when it is routed,
+        so requests in flight finish on the snapshot they started with.
+        """
+        old, self.config = self.config, new
+        if (old.policies, old.routes, old.egress) != (new.policies, new.routes, new.egress):
+            self.outbound.reconfigure(new.policies, new.routes, new.egress)
+        if old.inbound != new.inbound:
+            self.inbound.limiter = _limiter(new, trio.current_time())
+        if old.log_level != new.log_level:
+            logging.getLogger().setLevel(new.log_level.upper())
+        log.info("configuration reloaded")
 
     def __repr__(self) -> str:
         return (
@@ -123,26 +177,7 @@ class Sidecar:
     ) -> None:
         """Serve until `shutdown()` (or SIGTERM/SIGINT when `signals`), then drain."""
         c = self.config
-        outbound = OutboundRouter(
-            self.cache,
-            via_token=self.via_token("outbound"),
-            source_service=c.service.name,
-            discovery=self.discovery,
-            resolve_timeout=c.upstream.connect_timeout,
-            allow_underscores=c.limits.allow_underscores,
-            policies=c.policies,
-            routes=c.routes,
-            states=self.pools[0].state,
-            source_tags=source_tags(c.service),
-        )
-        own_hosts = [h for h in (c.listen.advertise, c.listen.inbound[0]) if h]
-        inbound = InboundRouter(
-            c.app,
-            via_token=self.via_token("inbound"),
-            service=c.service.name,
-            own_hosts=own_hosts,
-            allow_underscores=c.limits.allow_underscores,
-        )
+        outbound, inbound = self.outbound, self.inbound
         try:
             async with trio.open_nursery() as root:
                 if signals:
@@ -151,6 +186,18 @@ class Sidecar:
                     root.start_soon(pool.reaper)
                 if self.access_log.enabled:
                     root.start_soon(self.access_log.flusher)
+                if self.reload_source is not None:
+                    self.config_watcher = ConfigWatcher(
+                        self.reload_source,
+                        c,
+                        self.apply_config,
+                        path=self.config_path,
+                        centre=ConfigCentre.for_registry(c.registry)
+                        if c.registry.type == "etcd"
+                        else None,
+                        signals=signals,
+                    )
+                    await root.start(self.config_watcher.run)
                 await root.start(self.discovery.run)
                 admin = await root.start(
                     run_admin,
@@ -178,6 +225,7 @@ class Sidecar:
                             self._context(inbound, self.pools[1]),
                         )
                         self.bound = Bound(out_addr, in_addr, admin)
+                        outbound.own_addresses = _own_addresses(self.bound)
                         me = registration_for(c, in_addr)
                         # Registry rows may never point us at our own ports or link-local.
                         own = (out_addr, admin)
@@ -267,7 +315,28 @@ class Sidecar:
         routes.add("/v1/mesher/version", lambda: (200, version_body()))
         routes.add("/v1/registry", lambda: (200, self.discovery.state()))
         routes.add_prefix("/v1/mesher/routeRule/", self._route_rules)
+        routes.add("/v1/policies", self._policies)
+        routes.add("/v1/config", self._config_status)
         return routes
+
+    def _policies(self) -> tuple[int, object]:
+        """Breaker, ejection, bulkhead and rate-limit state per target service, and inbound's."""
+        now = trio.current_time()
+        return 200, {
+            "services": {
+                name: state.guards.snapshot(now)
+                for name, state in sorted(self.outbound.services.items())
+            },
+            "inbound": {"rate_limit": _limiter_view(self.inbound.limiter)},
+            "egress": self.outbound.egress.view(),
+        }
+
+    def _config_status(self) -> tuple[int, object]:
+        """Whether live reload runs, and how its last reloads went."""
+        watcher = self.config_watcher
+        if watcher is None:
+            return 200, {"reload": False}
+        return 200, {"reload": True, **watcher.status()}
 
     def _route_rules(self, service: str) -> tuple[int, object]:
         """Mesher's `GET /v1/mesher/routeRule/{service}`: the rules in force, 404 if none."""
@@ -357,6 +426,39 @@ async def _accept_loop(
                 await trio.sleep(0.1)
                 continue
             handlers.start_soon(handler, stream)
+
+
+def _limiter(config: Config, now: float) -> InboundLimiter | None:
+    """`inbound.rate_limit`'s buckets (they start full), or None when it sets no limit."""
+    limits = config.inbound.rate_limit
+    if limits.overall is None and not limits.per_source:
+        return None
+    return InboundLimiter(limits, now)
+
+
+def _limiter_view(limiter: InboundLimiter | None) -> dict[str, object] | None:
+    if limiter is None:
+        return None
+    overall = limiter.limits.overall
+
+    def view(limit: RateLimit | None) -> dict[str, float] | None:
+        return None if limit is None else {"qps": limit.qps, "burst": limit.burst}
+
+    return {
+        "overall": view(overall),
+        "per_source": {k: view(v) for k, v in sorted(limiter.limits.per_source.items())},
+        "refused": limiter.refused,
+    }
+
+
+def _own_addresses(bound: Bound) -> frozenset[tuple[str, int]]:
+    """Our listeners as egress could reach them (a wildcard bind is reachable on loopback)."""
+    out = set()
+    for host, port in (bound.outbound, bound.inbound, bound.admin):
+        out.add((host, port))
+        if host in ("0.0.0.0", "::", ""):
+            out.update({("127.0.0.1", port), ("::1", port)})
+    return frozenset(out)
 
 
 def source_tags(service: ServiceConfig) -> dict[str, str]:

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.unit.config_problems import error_of, problems_raised
+from trimesh import convert as parse
 from trimesh.policy.breaker import BreakerPolicy, CircuitBreaker, parse_circuit_breaker
-from trimesh.policy.match import ConfigProblems
 
 ON = BreakerPolicy(enabled=True)  # 20 requests, 50 %, 15 s sleep, 10 s window
 
@@ -305,20 +306,20 @@ def test_parse_every_key() -> None:
 
 
 def test_parse_names_every_problem() -> None:
-    with pytest.raises(ConfigProblems) as caught:
-        parse_circuit_breaker(
-            {
-                "enabled": "maybe",
-                "request_volume_threshold": 0,
-                "error_threshold_percentage": 101,
-                "sleep_window": "soon",
-                "failure_statuses": [502, 200],
-                "window": "10s",
-            },
-            "policies.default.circuit_breaker",
-        )
+    problems = problems_raised(
+        parse_circuit_breaker,
+        {
+            "enabled": "maybe",
+            "request_volume_threshold": 0,
+            "error_threshold_percentage": 101,
+            "sleep_window": "soon",
+            "failure_statuses": [502, 200],
+            "window": "10s",
+        },
+        "policies.default.circuit_breaker",
+    )
     where = "policies.default.circuit_breaker."
-    assert [p.split(":")[0] for p in caught.value.problems] == [
+    assert [p.split(":")[0] for p in problems] == [
         where + "window",
         where + "enabled",
         where + "request_volume_threshold",
@@ -340,9 +341,8 @@ def test_parse_names_every_problem() -> None:
     ],
 )
 def test_parse_rejects(raw: Any, problem: str) -> None:
-    with pytest.raises(ConfigProblems) as caught:
-        parse_circuit_breaker(raw, "cb")
-    assert any(p.startswith(problem) for p in caught.value.problems), caught.value.problems
+    problems = problems_raised(parse_circuit_breaker, raw, "cb")
+    assert any(p.startswith(problem) for p in problems), problems
 
 
 @pytest.mark.parametrize(
@@ -361,3 +361,23 @@ def test_parse_rejects(raw: Any, problem: str) -> None:
 def test_policy_rejects_invalid_values(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         BreakerPolicy(enabled=True, **kwargs)
+
+
+@pytest.mark.parametrize(("value", "expected"), [(12.5, 12.5), ("100", 100.0), (" 0.5 ", 0.5)])
+def test_percentage_converts(value: Any, expected: float) -> None:
+    assert parse.percentage(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        (0, "must be more than 0 and at most 100, got 0"),
+        ("100.5", "must be more than 0 and at most 100, got '100.5'"),
+        (float("nan"), "must be more than 0 and at most 100, got nan"),
+        (True, "expected a percentage (0-100), got True"),
+        ("half", "expected a percentage (0-100), got 'half'"),
+        ([50], "expected a percentage (0-100), got [50]"),
+    ],
+)
+def test_percentage_rejects(value: Any, error: str) -> None:
+    assert error_of(parse.percentage, value) == error

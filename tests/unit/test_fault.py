@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from tests.unit.config_problems import error_of, problems_raised
+from trimesh import convert as parse
 from trimesh.policy.fault import Abort, Delay, FaultPolicy, parse_fault
-from trimesh.policy.match import ConfigProblems
 
 N = 20_000
 
@@ -101,17 +104,17 @@ def test_parse_fault(raw: Any, policy: FaultPolicy) -> None:
 
 
 def test_parse_names_every_problem() -> None:
-    with pytest.raises(ConfigProblems) as caught:
-        parse_fault(
-            {
-                "abort": {"percent": 101, "status": 200},
-                "delay": {"percent": -1, "fixd": "1s"},
-                "reset": {},
-            },
-            "policies.services.pay.fault",
-        )
+    problems = problems_raised(
+        parse_fault,
+        {
+            "abort": {"percent": 101, "status": 200},
+            "delay": {"percent": -1, "fixd": "1s"},
+            "reset": {},
+        },
+        "policies.services.pay.fault",
+    )
     where = "policies.services.pay.fault."
-    assert [p.split(":")[0] for p in caught.value.problems] == [
+    assert [p.split(":")[0] for p in problems] == [
         where + "reset",
         where + "abort.percent",
         where + "abort.status",
@@ -138,9 +141,8 @@ def test_parse_names_every_problem() -> None:
     ],
 )
 def test_parse_rejects(raw: Any, problem: str) -> None:
-    with pytest.raises(ConfigProblems) as caught:
-        parse_fault(raw, "f")
-    assert any(p.startswith(problem) for p in caught.value.problems), caught.value.problems
+    problems = problems_raised(parse_fault, raw, "f")
+    assert any(p.startswith(problem) for p in problems), problems
 
 
 @pytest.mark.parametrize(
@@ -158,3 +160,37 @@ def test_parse_rejects(raw: Any, problem: str) -> None:
 def test_invalid_faults_cannot_be_built(make: Any) -> None:
     with pytest.raises(ValueError):
         make()
+
+
+PERCENT_OR_ZERO = functools.partial(parse.percentage, allow_zero=True)
+
+
+@pytest.mark.parametrize(
+    ("convert", "value", "expected"),
+    [
+        (PERCENT_OR_ZERO, 0, 0.0),
+        (PERCENT_OR_ZERO, "100", 100.0),
+        (parse.error_status, 503, 503),
+        (parse.error_status, " 429 ", 429),
+    ],
+)
+def test_converters(convert: Callable[[Any], Any], value: Any, expected: Any) -> None:
+    assert convert(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("convert", "value", "error"),
+    [
+        (PERCENT_OR_ZERO, -1, "must be within 0-100, got -1"),
+        (PERCENT_OR_ZERO, 101, "must be within 0-100, got 101"),
+        (PERCENT_OR_ZERO, False, "expected a percentage (0-100), got False"),
+        (parse.error_status, 200, "must be a status code 400-599 (an error), got 200"),
+        (parse.error_status, "600", "must be a status code 400-599 (an error), got '600'"),
+        (parse.error_status, True, "expected a status code 400-599, got True"),
+        (parse.error_status, 503.0, "expected a status code 400-599, got 503.0"),
+        (parse.error_status, "-503", "expected a status code 400-599, got '-503'"),
+        (parse.error_status, None, "expected a status code 400-599, got None"),
+    ],
+)
+def test_converters_reject(convert: Callable[[Any], Any], value: Any, error: str) -> None:
+    assert error_of(convert, value) == error

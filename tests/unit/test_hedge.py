@@ -7,11 +7,8 @@ from typing import Any
 
 import pytest
 
+from tests.unit.config_problems import assert_starts, problems_raised
 from trimesh.policy.hedge import HedgePolicy, LatencyTracker, parse_hedge
-
-
-def problems_of(exc: BaseException) -> list[str]:
-    return list(getattr(exc, "problems", None) or str(exc).splitlines())
 
 
 def tracker_of(samples: list[float], **kwargs: int) -> LatencyTracker:
@@ -182,9 +179,4 @@ def test_parse_hedge(raw: Any, expected: HedgePolicy) -> None:
     ],
 )
 def test_parse_hedge_names_every_problem(raw: Any, expected: list[str]) -> None:
-    with pytest.raises(ValueError) as caught:
-        parse_hedge(raw, "h")
-    problems = problems_of(caught.value)
-    assert len(problems) == len(expected), problems
-    for line, start in zip(problems, expected, strict=True):
-        assert line.startswith(start), problems
+    assert_starts(problems_raised(parse_hedge, raw, "h"), expected)

@@ -8,8 +8,8 @@ from typing import Any
 import attrs
 import pytest
 
+from tests.unit.config_problems import problems_raised
 from trimesh.http.stream import Endpoint
-from trimesh.policy.match import ConfigProblems
 from trimesh.policy.outlier import OutlierDetector, OutlierPolicy, parse_outlier
 
 A, B, C, D = (("127.0.0.1", p) for p in (8001, 8002, 8003, 8004))
@@ -228,18 +228,18 @@ def test_parse_defaults_shorthand_and_every_key() -> None:
 
 
 def test_parse_names_every_problem() -> None:
-    with pytest.raises(ConfigProblems) as caught:
-        parse_outlier(
-            {
-                "consecutive_failures": 0,
-                "base_ejection": "6m",
-                "max_ejection_percent": "half",
-                "interval": "10s",
-            },
-            "policies.services.pay.outlier",
-        )
+    problems = problems_raised(
+        parse_outlier,
+        {
+            "consecutive_failures": 0,
+            "base_ejection": "6m",
+            "max_ejection_percent": "half",
+            "interval": "10s",
+        },
+        "policies.services.pay.outlier",
+    )
     where = "policies.services.pay.outlier."
-    assert [p.split(":")[0] for p in caught.value.problems] == [
+    assert [p.split(":")[0] for p in problems] == [
         where + "interval",
         where + "consecutive_failures",
         where + "max_ejection_percent",
@@ -258,9 +258,8 @@ def test_parse_names_every_problem() -> None:
     ],
 )
 def test_parse_rejects(raw: Any, problem: str) -> None:
-    with pytest.raises(ConfigProblems) as caught:
-        parse_outlier(raw, "o")
-    assert any(p.startswith(problem) for p in caught.value.problems), caught.value.problems
+    problems = problems_raised(parse_outlier, raw, "o")
+    assert any(p.startswith(problem) for p in problems), problems
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -9,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trimesh.policy.match import ConfigProblems
+from tests.unit.config_problems import assert_starts, error_of, problems_raised
+from trimesh import convert as parse
 from trimesh.policy.ratelimit import (
     InboundLimiter,
     InboundLimits,
@@ -218,11 +220,7 @@ def test_parse_rate_limit(raw: Any, limit: RateLimit) -> None:
     ],
 )
 def test_parse_rate_limit_names_every_problem(raw: Any, problems: list[str]) -> None:
-    with pytest.raises(ConfigProblems) as caught:
-        parse_rate_limit(raw, "rl")
-    assert len(caught.value.problems) == len(problems)
-    for line, start in zip(caught.value.problems, problems, strict=True):
-        assert line.startswith(start), caught.value.problems
+    assert_starts(problems_raised(parse_rate_limit, raw, "rl"), problems)
 
 
 def test_parse_inbound() -> None:
@@ -239,17 +237,17 @@ def test_parse_inbound() -> None:
 
 
 def test_parse_inbound_names_every_problem() -> None:
-    with pytest.raises(ConfigProblems) as caught:
-        parse_inbound_rate_limit(
-            {
-                "burst": 3,
-                "per_sorce": {},
-                "per_source": {"web": {"qps": -1}, "bad name!": {"qps": 1}, "x": {}},
-            },
-            "inbound.rate_limit",
-        )
+    problems = problems_raised(
+        parse_inbound_rate_limit,
+        {
+            "burst": 3,
+            "per_sorce": {},
+            "per_source": {"web": {"qps": -1}, "bad name!": {"qps": 1}, "x": {}},
+        },
+        "inbound.rate_limit",
+    )
     where = "inbound.rate_limit."
-    assert [p.split(":")[0] for p in caught.value.problems] == [
+    assert [p.split(":")[0] for p in problems] == [
         where + "per_sorce",
         where + "qps",
         where + "per_source.web.qps",
@@ -259,12 +257,37 @@ def test_parse_inbound_names_every_problem() -> None:
 
 
 def test_parse_inbound_per_source_must_be_a_mapping() -> None:
-    with pytest.raises(ConfigProblems) as caught:
-        parse_inbound_rate_limit({"per_source": ["web"]}, "in")
-    assert caught.value.problems == ["in.per_source: expected a mapping of service to limit"]
+    assert problems_raised(parse_inbound_rate_limit, {"per_source": ["web"]}, "in") == [
+        "in.per_source: expected a mapping of service to limit"
+    ]
 
 
 @pytest.mark.parametrize("kwargs", [{"qps": 0.0, "burst": 1}, {"qps": 1.0, "burst": 0}])
 def test_rate_limit_rejects_invalid_values(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         RateLimit(**kwargs)
+
+
+@pytest.mark.parametrize(("value", "expected"), [(2, 2.0), ("0.5", 0.5), (1e-3, 0.001)])
+def test_positive_number_converts(value: Any, expected: float) -> None:
+    assert parse.positive_number(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        (0, "must be a positive number, got 0"),
+        ("-1", "must be a positive number, got '-1'"),
+        ("inf", "must be a positive number, got 'inf'"),
+        ("nan", "must be a positive number, got 'nan'"),
+        (True, "expected a number, got True"),
+        (None, "expected a number, got None"),
+    ],
+)
+def test_positive_number_rejects(value: Any, error: str) -> None:
+    assert error_of(parse.positive_number, value) == error
+
+
+def test_positive_number_names_what_it_expected() -> None:
+    qps = functools.partial(parse.positive_number, expected="requests per second")
+    assert error_of(qps, "fast") == "expected requests per second, got 'fast'"

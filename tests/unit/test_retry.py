@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from tests.unit.config_problems import assert_starts, problems_raised
+from trimesh import convert as parse
 from trimesh.policy.retry import (
     Backoff,
     RetryBudget,
@@ -14,12 +16,6 @@ from trimesh.policy.retry import (
     parse_budget,
     parse_retry,
 )
-
-
-def problems_of(exc: BaseException) -> list[str]:
-    """The problem lines of a config error (ConfigProblems or its ValueError stand-in)."""
-    return list(getattr(exc, "problems", None) or str(exc).splitlines())
-
 
 # --- backoff ---------------------------------------------------------------------------
 
@@ -354,12 +350,7 @@ def test_parse_retry(raw: Any, expected: RetryPolicy) -> None:
     ],
 )  # fmt: skip
 def test_parse_retry_names_every_problem(raw: Any, expected: list[str]) -> None:
-    with pytest.raises(ValueError) as caught:
-        parse_retry(raw, "r")
-    problems = problems_of(caught.value)
-    assert len(problems) == len(expected), problems
-    for line, start in zip(problems, expected, strict=True):
-        assert line.startswith(start), problems
+    assert_starts(problems_raised(parse_retry, raw, "r"), expected)
 
 
 def test_parsed_constant_backoff_may_have_base_over_max() -> None:
@@ -397,9 +388,61 @@ def test_parse_budget(raw: Any, expected: tuple[float, float]) -> None:
     ],
 )
 def test_parse_budget_names_every_problem(raw: Any, expected: list[str]) -> None:
-    with pytest.raises(ValueError) as caught:
-        parse_budget(raw, "b")
-    problems = problems_of(caught.value)
-    assert len(problems) == len(expected), problems
-    for line, start in zip(problems, expected, strict=True):
-        assert line.startswith(start), problems
+    assert_starts(problems_raised(parse_budget, raw, "b"), expected)
+
+
+# --- the block parser the policy parsers share --------------------------------------------
+
+CONVERTERS = {"size": parse.positive_int, "on": parse.boolean}
+
+
+@pytest.mark.parametrize(
+    ("raw", "kwargs", "out", "problems"),
+    [
+        ({"size": "3", "on": "yes"}, {}, {"size": 3, "on": True}, []),
+        ({}, {}, {}, []),
+        (
+            {"colour": 1, "on": "maybe", "size": 0},
+            {},
+            {},
+            [
+                "b.colour: unknown key (expected one of size, on)",
+                "b.size: must be positive, got 0",
+                "b.on: expected true or false, got 'maybe'",
+            ],
+        ),
+        ({"on": 1, "size": "x"}, {}, {"on": True}, ["b.size: expected a whole number, got 'x'"]),
+        ([1], {}, {}, ["b: expected a mapping, got [1]"]),
+        ({"extra": 1}, {"keys": ("on", "size", "extra")}, {}, []),  # the caller reads `extra`
+        (
+            {"colour": 1},
+            {"keys": ("on", "size"), "required": {"size": "required (a count)"}},
+            {},
+            ["b.colour: unknown key (expected one of on, size)", "b.size: required (a count)"],
+        ),
+        ("x", {"required": {"size": "required"}}, {}, ["b: expected a mapping, got 'x'"]),
+    ],
+)
+def test_parse_block(
+    raw: Any, kwargs: dict[str, Any], out: dict[str, Any], problems: list[str]
+) -> None:
+    found: list[str] = []
+    assert parse.parse_block(raw, "b", CONVERTERS, found, **kwargs) == out
+    assert found == problems
+
+
+@pytest.mark.parametrize(
+    ("raw", "out", "problems"),
+    [
+        (None, {}, []),
+        ("off", {"enabled": False}, []),
+        (True, {"enabled": True}, []),
+        ("sometimes", {}, ["b: expected true or false, got 'sometimes'"]),
+        ({"size": 2}, {"size": 2}, []),
+        ([], {}, ["b: expected a mapping, got []"]),
+    ],
+)
+def test_switch_or_block(raw: Any, out: dict[str, Any], problems: list[str]) -> None:
+    found: list[str] = []
+    assert parse.switch_or_block(raw, "b", CONVERTERS, found) == out
+    assert found == problems

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from trimesh.config import parse as p
+from trimesh import convert as p
 from trimesh.config.model import (
     AppConfig,
     Config,

@@ -27,7 +27,7 @@ from typing import Any
 
 import attrs
 
-from trimesh.config import parse as p
+from trimesh import convert as p
 from trimesh.policy.balancer import COOKIE, STRATEGIES
 from trimesh.policy.breaker import BreakerPolicy, parse_circuit_breaker
 from trimesh.policy.fault import FaultPolicy, parse_fault
@@ -236,28 +236,18 @@ def _expanded(block: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _policy(raw: Mapping[str, Any], where: str, problems: list[str]) -> ServicePolicy:
-    values: dict[str, Any] = {}
     simple = {
         "timeout": p.optional_duration,
         "per_try_timeout": p.optional_duration,
         "connect_timeout": p.optional_duration,
         "default_version": _default_version,
     }
-    for key, convert in simple.items():
-        if key in raw:
-            try:
-                values[key] = convert(raw[key])
-            except ValueError as exc:
-                problems.append(f"{where}.{key}: {exc}")
+    values = p.convert_keys(raw, where, simple, problems)
     if "load_balancer" in raw:
         values.update(_load_balancer(raw["load_balancer"], f"{where}.load_balancer", problems))
     if "retry" in raw:
         values.update(_retry(raw["retry"], f"{where}.retry", problems))
-    if "max_concurrent" in raw:
-        try:
-            values["max_concurrent"] = _max_concurrent(raw["max_concurrent"])
-        except ValueError as exc:
-            problems.append(f"{where}.max_concurrent: {exc}")
+    values.update(p.convert_keys(raw, where, {"max_concurrent": _max_concurrent}, problems))
     for key, parse_block in _BLOCK_PARSERS.items():
         value = raw.get(key)
         if key not in raw or (value in _OFF and key in _OPTIONAL_BLOCKS):

@@ -23,7 +23,14 @@ import h11
 import trio
 
 from trimesh.config.model import Limits
-from trimesh.errors import BadRequest, DownstreamGone, ProxyError, RequestTimeout, rescue
+from trimesh.errors import (
+    BadRequest,
+    DownstreamGone,
+    ProxyError,
+    RequestTimeout,
+    UpstreamConnect,
+    rescue,
+)
 from trimesh.http import stream as hs
 from trimesh.http import synthetic
 from trimesh.http.downstream import Downstream
@@ -224,13 +231,20 @@ async def _tunnel(
 async def _connect(
     down: Downstream, ctx: ListenerContext, request: h11.Request, conn_id: int, fixed: Target | None
 ) -> Target | None:
-    """`CONNECT <service>:<port>`: answer 200 and serve the tunnel as HTTP/1.1."""
+    """`CONNECT host:port`: answer 200, then serve the tunnel.
+
+    To a service, the tunnel carries HTTP/1.1 that is routed like the rest;
+    to an allowed egress host (`target.addresses`), it is a byte tunnel
+    (HTTPS), and the connection ends with it.
+    """
     rec = AccessRecord(
         conn=conn_id,
         direction=ctx.router.direction,
         method="CONNECT",
         path=request.target.decode("ascii", "replace"),
     )
+    upstream: trio.SocketStream | None = None
+    tunnelling = False
     try:
         if fixed is not None:
             raise BadRequest("CONNECT inside a CONNECT tunnel")
@@ -238,9 +252,14 @@ async def _connect(
         event = await down.next_event()
         if not isinstance(event, h11.EndOfMessage):
             raise BadRequest("CONNECT with a body")
+        if target.addresses:
+            upstream = await _open_egress(target, ctx.policy.connect_timeout)
+            peer_host, peer_port = upstream.socket.getpeername()[:2]
+            rec.upstream = f"{peer_host}:{peer_port}"
         rec.service, rec.status = target.host, 200
         established = h11.Response(status_code=200, headers=[], reason=b"Connection Established")
         await down.send(down.h11.send(established))
+        tunnelling = upstream is not None
     except ProxyError as exc:
         rec.error, rec.status = exc.kind, exc.status
         await _send_rescue(down, exc, conn_id, close=True)
@@ -248,9 +267,27 @@ async def _connect(
     except DownstreamGone:
         return None
     finally:
-        ctx.access_log.write(rec)
+        if not tunnelling:
+            if upstream is not None:
+                await trio.aclose_forcefully(upstream)
+            ctx.access_log.write(rec)
+    if upstream is not None:
+        await _tunnel(down, ctx, Tunnel(upstream, b""), rec)
+        return None
     down.restart_http()
     return target
+
+
+async def _open_egress(target: Target, connect_timeout: float) -> trio.SocketStream:
+    """A TCP connection to the first of an egress host's addresses that accepts."""
+    errors = []
+    for host, port in target.addresses:
+        try:
+            with trio.fail_after(connect_timeout):
+                return await trio.open_tcp_stream(host, port)
+        except (OSError, trio.TooSlowError) as exc:
+            errors.append(f"{host}:{port}: {getattr(exc, 'strerror', None) or 'timed out'}")
+    raise UpstreamConnect(f"cannot reach {target.host}: {'; '.join(errors)}")
 
 
 async def _send_rescue(

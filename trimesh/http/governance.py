@@ -73,6 +73,17 @@ class ServiceGuards:
         breaker = CircuitBreaker(policy.circuit_breaker)
         return cls(policy, breaker, OutlierDetector(policy.outlier), bucket)
 
+    def reconfigure(self, policy: ServicePolicy, now: float) -> None:
+        """A reloaded policy: keep each part's state (windows, ejections, tokens) it still fits."""
+        if policy.circuit_breaker != self.policy.circuit_breaker:
+            self.breaker = CircuitBreaker(policy.circuit_breaker)
+        if policy.outlier != self.policy.outlier:
+            self.outlier = OutlierDetector(policy.outlier)
+        if policy.rate_limit != self.policy.rate_limit:
+            limit = policy.rate_limit
+            self.bucket = None if limit is None else TokenBucket(limit.qps, limit.burst, now)
+        self.policy = policy
+
     def admit(self, now: float) -> None:
         """Rate limit, then bulkhead. Raises `RateLimited` or `MaxConcurrency`."""
         if self.bucket is not None:

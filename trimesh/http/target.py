@@ -24,6 +24,8 @@ class Target:
     host: str
     port: int | None
     path: bytes  # origin-form: path plus query, at least b"/"
+    # CONNECT to an egress host: the resolved addresses to open a byte tunnel to.
+    addresses: tuple[tuple[str, int], ...] = ()
 
     @property
     def authority(self) -> bytes:

@@ -13,11 +13,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
+import trio
 
-from trimesh.config import parse
+from trimesh import convert as parse
 from trimesh.policy.retry import fail
 
 DEFAULT_PORTS = (80, 443)
+# How long resolved addresses of an egress host are reused (Envoy refreshes
+# STRICT_DNS clusters every 5 s).
+DNS_TTL = 5.0
 _RULE_KEYS = ("hosts", "ports")
 
 
@@ -58,6 +62,21 @@ class EgressPolicy:
             }
             for r in self.rules
         ]
+
+
+async def resolve(host: str, port: int) -> list[tuple[str, int]]:
+    """`host`'s TCP addresses, IPv4 first (the system resolver, in a worker thread).
+
+    Error handling: raises `OSError` (socket.gaierror) when it does not resolve;
+    the caller owns the deadline.
+    """
+    found = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM)
+    out: list[tuple[str, int]] = []
+    for family, *_, sockaddr in sorted(found, key=lambda info: info[0] != trio.socket.AF_INET):
+        address = (str(sockaddr[0]), int(sockaddr[1]))
+        if family in (trio.socket.AF_INET, trio.socket.AF_INET6) and address not in out:
+            out.append(address)
+    return out
 
 
 def looks_external(host: str) -> bool:

@@ -20,12 +20,14 @@ from trimesh.discovery.cache import InstanceCache
 from trimesh.discovery.session import Discovery
 from trimesh.errors import (
     BadRequest,
+    EgressDenied,
     LoopDetected,
     MethodNotAllowed,
     NoInstance,
     NotProxyRequest,
     RegistryUnreachable,
     ServiceNotFound,
+    UpstreamConnect,
 )
 from trimesh.http import headers as hh
 from trimesh.http.endpoint import EndpointState
@@ -35,6 +37,7 @@ from trimesh.http.route import Candidate, Route, forward_headers
 from trimesh.http.stream import Endpoint
 from trimesh.http.target import Target, is_origin_form, parse_absolute, parse_authority
 from trimesh.http.tunnel import is_websocket_request
+from trimesh.outbound.egress import DNS_TTL, EgressPolicy, looks_external, resolve
 from trimesh.policy import deadline as pdeadline
 from trimesh.policy.balancer import Balancer, PickContext, make_balancer, parse_cookie_value
 from trimesh.policy.hedge import LatencyTracker
@@ -86,6 +89,7 @@ class OutboundRouter:
         states: Callable[[Endpoint], EndpointState] | None = None,
         source_tags: Mapping[str, str] | None = None,
         rng: random.Random | None = None,
+        egress: EgressPolicy | None = None,
     ) -> None:
         self.cache = cache
         self.discovery = discovery
@@ -95,6 +99,12 @@ class OutboundRouter:
         self._states = states if states is not None else _fresh_states()
         self._rng = rng or random.Random()
         self.services: dict[str, ServiceState] = {}
+        # Service state from before the last `reconfigure`, reused where its policy held.
+        self._previous: dict[str, ServiceState] = {}
+        self.egress = egress or EgressPolicy()
+        # Our own listeners: never an egress destination (set once they are bound).
+        self.own_addresses: frozenset[Endpoint] = frozenset()
+        self._dns: dict[tuple[str, int], tuple[float, list[Endpoint]]] = {}
         self.source_service = source_service
         self.source_tags = dict(source_tags or {})
         self.resolve_timeout = resolve_timeout
@@ -110,7 +120,17 @@ class OutboundRouter:
             raise LoopDetected("this request already passed this sidecar")
         target = _target(request.target, fixed)
         service = target.host
-        instances = await self._instances(service)
+        port = target.effective_port
+        external = self.egress.allows(service, port)
+        if external:
+            instances = await self._external(service, port)
+        else:
+            try:
+                instances = await self._instances(service)
+            except ServiceNotFound:
+                if looks_external(service) or self.egress.knows(service):
+                    raise EgressDenied(_denied(self.egress, service, port)) from None
+                raise
         websocket = is_websocket_request(received)
         headers = forward_headers(
             received,
@@ -128,7 +148,8 @@ class OutboundRouter:
         hh.set_default(headers, b"x-forwarded-host", original_host or target.authority)
         hh.set_default(headers, b"x-forwarded-proto", b"http")
         headers.append((b"x-forwarded-port", b"%d" % target.effective_port))
-        headers.append((b"x-cse-context", context))
+        if not external:  # our mesh's context is not for outside hosts
+            headers.append((b"x-cse-context", context))
         state = self._service(service)
         route = Route(target.path, headers, (), service, websocket, state.policy)
         route.budget = state.budget
@@ -152,8 +173,45 @@ class OutboundRouter:
         route.candidates = [Candidate(i.address, i.instance_id) for i in instances]
         return route
 
+    def reconfigure(
+        self,
+        policies: PolicyBook,
+        routes: Mapping[str, Sequence[RouteRule]],
+        egress: EgressPolicy,
+    ) -> None:
+        """Swap in a reloaded snapshot; requests already routed keep the one they had.
+
+        Per-service state (breaker windows, ejections, budgets, balancer
+        positions) carries over where the part of the policy it serves is
+        unchanged; it is rebuilt lazily on each service's next request.
+        """
+        self.policies = policies
+        self.routes = dict(routes)
+        self.egress = egress
+        self._previous = {**self._previous, **self.services}
+        self.services = {}
+        self._dns.clear()
+
+    async def _external(self, host: str, port: int) -> Sequence[Instance]:
+        """An allowed egress host's addresses (cached briefly), never one of our listeners."""
+        now = trio.current_time()
+        cached = self._dns.get((host, port))
+        if cached is None or cached[0] <= now:
+            try:
+                with trio.fail_after(self.resolve_timeout):
+                    found = await resolve(host, port)
+            except (OSError, trio.TooSlowError) as exc:
+                raise UpstreamConnect(f"cannot resolve {host!r}: {exc or 'timed out'}") from exc
+            cached = self._dns[(host, port)] = (now + DNS_TTL, found)
+        addresses = [a for a in cached[1] if a not in self.own_addresses]
+        if not addresses:
+            raise EgressDenied(f"{host}:{port} is this sidecar's own listener")
+        return [Instance(host, f"{host}:{port}", a[0], a[1]) for a in addresses]
+
     def _service(self, service: str) -> ServiceState:
         state = self.services.get(service)
+        if state is None and service in self._previous:
+            state = self._carried(service, self._previous.pop(service))
         if state is None:
             policy = self.policies.base(service)
             rules = self.routes.get(service, ())
@@ -174,6 +232,23 @@ class OutboundRouter:
             )
         return state
 
+    def _carried(self, service: str, old: ServiceState) -> ServiceState | None:
+        """`old`'s state under the reloaded policy, or None to build it afresh."""
+        policy = self.policies.base(service)
+        rules = self.routes.get(service, ())
+        ordered = tuple(sorted(rules, key=lambda rule: -rule.precedence))
+        same_rules = old.rules is not None and old.rules.rules == ordered
+        if (rules or old.rules is not None) and not same_rules:
+            return None  # route rules changed: their weights start a new cycle
+        kept = ("load_balancer", "budget", "default_version", "sticky_cookie")
+        if any(getattr(policy, k) != getattr(old.policy, k) for k in kept):
+            return None
+        old.guards.reconfigure(policy, trio.current_time())
+        old.policy = policy
+        old.needs_info = old.needs_info or self.policies.has_api_blocks(service)
+        self.services[service] = old
+        return old
+
     def pick(self, route: Route, tried: Sequence[Endpoint]) -> Candidate | None:
         left = route.candidates
         if tried:
@@ -192,6 +267,13 @@ class OutboundRouter:
             host, port = parse_authority(request.target)
         except BadRequest as exc:
             raise MethodNotAllowed("CONNECT needs <service-name>:<port>") from exc
+        if port is None:
+            raise MethodNotAllowed("CONNECT needs a port: <host>:<port>")
+        if self.egress.allows(host, port):
+            found = await self._external(host, port)
+            return Target(host, port, b"/", tuple(i.address for i in found))
+        if looks_external(host) or self.egress.knows(host):
+            raise EgressDenied(_denied(self.egress, host, port))
         try:
             await self._instances(host)
         except (ServiceNotFound, NoInstance) as exc:
@@ -220,6 +302,12 @@ class OutboundRouter:
         except (RegistryError, trio.TooSlowError) as exc:
             detail = str(exc) or "timed out"
             raise RegistryUnreachable(f"looking up {service!r}: {detail}") from exc
+
+
+def _denied(egress: EgressPolicy, host: str, port: int) -> str:
+    if egress.knows(host):
+        return f"port {port} of {host!r} is not in egress.allow"
+    return f"{host!r} is neither a service in the registry nor in egress.allow"
 
 
 def _fresh_states() -> Callable[[Endpoint], EndpointState]:

@@ -11,29 +11,16 @@ failure opens it for another `sleep_window`. Time is passed in as `now`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, Literal
 
 import attrs
 
-from trimesh.config import parse
-from trimesh.policy.retry import _mapping, _take, fail
+from trimesh import convert as parse
+from trimesh.policy import _checks
+from trimesh.policy.retry import fail
 
 State = Literal["closed", "open", "half-open"]
-
-
-def _positive(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
-
-
-def _percentage(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not 0 < value <= 100:
-        raise ValueError(f"{attribute.name} must be within (0, 100], got {value!r}")
-
-
-def _statuses(_: Any, attribute: attrs.Attribute[Any], value: frozenset[int]) -> None:
-    if any(not 400 <= s <= 599 for s in value):
-        raise ValueError(f"{attribute.name}: status codes must be 400-599, got {sorted(value)}")
 
 
 @attrs.frozen
@@ -41,16 +28,16 @@ class BreakerPolicy:
     """When a service's circuit opens and for how long; off unless `enabled`."""
 
     enabled: bool = False
-    request_volume_threshold: int = attrs.field(default=20, validator=_positive)
-    error_threshold_percentage: float = attrs.field(default=50.0, validator=_percentage)
-    sleep_window: float = attrs.field(default=15.0, validator=_positive)
+    request_volume_threshold: int = attrs.field(default=20, validator=_checks.positive)
+    error_threshold_percentage: float = attrs.field(default=50.0, validator=_checks.percentage)
+    sleep_window: float = attrs.field(default=15.0, validator=_checks.positive)
     force_open: bool = False
     force_closed: bool = False
     failure_statuses: frozenset[int] = attrs.field(
-        default=frozenset({502, 503, 504}), validator=_statuses
+        default=frozenset({502, 503, 504}), validator=_checks.error_statuses
     )
-    window: float = attrs.field(default=10.0, validator=_positive)
-    buckets: int = attrs.field(default=10, validator=_positive)
+    window: float = attrs.field(default=10.0, validator=_checks.positive)
+    buckets: int = attrs.field(default=10, validator=_checks.positive)
 
     def __attrs_post_init__(self) -> None:
         if self.force_open and self.force_closed:
@@ -233,22 +220,8 @@ def parse_circuit_breaker(raw: Any, where: str) -> BreakerPolicy:
 
     Error handling: raises the config error naming every bad key by its path.
     """
-    if raw is None:
-        return BreakerPolicy()
-    if isinstance(raw, bool | str):
-        try:
-            return BreakerPolicy(enabled=parse.boolean(raw))
-        except ValueError as exc:
-            fail([f"{where}: {exc}"])
     problems: list[str] = []
-    values = _mapping(raw, where, _KEYS, problems)
-    out: dict[str, Any] = {}
-    for key in ("enabled", "force_open", "force_closed"):
-        _take(values, key, parse.boolean, where, problems, out)
-    _take(values, "request_volume_threshold", parse.positive_int, where, problems, out)
-    _take(values, "error_threshold_percentage", percentage, where, problems, out)
-    _take(values, "sleep_window", parse.duration, where, problems, out)
-    _take(values, "failure_statuses", _failure_statuses, where, problems, out)
+    out = parse.switch_or_block(raw, where, _CONVERTERS, problems, keys=_KEYS)
     if out.get("force_open") and out.get("force_closed"):
         problems.append(f"{where}.force_closed: cannot be true with force_open")
     if (out.get("force_open") or out.get("force_closed")) and not out.get("enabled"):
@@ -258,19 +231,6 @@ def parse_circuit_breaker(raw: Any, where: str) -> BreakerPolicy:
     return BreakerPolicy(**out)
 
 
-def percentage(value: Any) -> float:
-    """A number in (0, 100]."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a percentage (0-100), got {value!r}")
-    try:
-        n = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"expected a percentage (0-100), got {value!r}") from None
-    if not 0 < n <= 100:
-        raise ValueError(f"must be more than 0 and at most 100, got {value!r}")
-    return n
-
-
 def _failure_statuses(raw: Any) -> frozenset[int]:
     """`[502, 503]` or `"502,503"` → status codes 400-599."""
     items = raw.split(",") if isinstance(raw, str) else raw
@@ -278,9 +238,20 @@ def _failure_statuses(raw: Any) -> frozenset[int]:
         raise ValueError(f"expected a list of status codes like [502, 503], got {raw!r}")
     out = set()
     for item in items:
-        text = str(item).strip() if isinstance(item, int | str) else ""
-        ok = not isinstance(item, bool) and text.isascii() and text.isdigit()
-        if not (ok and 400 <= int(text) <= 599):
-            raise ValueError(f"expected status codes 400-599, got {item!r}")
-        out.add(int(text))
+        try:
+            out.add(parse.error_status(item))
+        except ValueError:
+            raise ValueError(f"expected status codes 400-599, got {item!r}") from None
     return frozenset(out)
+
+
+# Problems are listed in this order, the switches first; `_KEYS` is the documented order.
+_CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "enabled": parse.boolean,
+    "force_open": parse.boolean,
+    "force_closed": parse.boolean,
+    "request_volume_threshold": parse.positive_int,
+    "error_threshold_percentage": parse.percentage,
+    "sleep_window": parse.duration,
+    "failure_statuses": _failure_statuses,
+}

@@ -7,46 +7,32 @@ passed in as a `random.Random`, so a seeded test is exact.
 
 from __future__ import annotations
 
-import math
+import functools
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 
-from trimesh.config import parse
-from trimesh.policy.retry import _mapping, _take, fail
-
-
-def _percent(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not 0 <= value <= 100:
-        raise ValueError(f"{attribute.name} must be within [0, 100], got {value!r}")
-
-
-def _error_status(_: Any, attribute: attrs.Attribute[Any], value: int) -> None:
-    if isinstance(value, bool) or not 400 <= value <= 599:
-        raise ValueError(f"{attribute.name} must be a status code 400-599, got {value!r}")
-
-
-def _positive(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
+from trimesh import convert as parse
+from trimesh.policy import _checks
+from trimesh.policy.retry import fail
 
 
 @attrs.frozen
 class Abort:
     """Answer `percent` % of requests with `status` instead of forwarding them."""
 
-    percent: float = attrs.field(validator=_percent)
-    status: int = attrs.field(validator=_error_status)
+    percent: float = attrs.field(validator=_checks.percentage_or_zero)
+    status: int = attrs.field(validator=_checks.error_status)
 
 
 @attrs.frozen
 class Delay:
     """Hold `percent` % of requests for `fixed` seconds before forwarding them."""
 
-    percent: float = attrs.field(validator=_percent)
-    fixed: float = attrs.field(validator=_positive)
+    percent: float = attrs.field(validator=_checks.percentage_or_zero)
+    fixed: float = attrs.field(validator=_checks.positive)
 
 
 _NO_FAULT: tuple[float, int | None] = (0.0, None)
@@ -76,6 +62,7 @@ class FaultPolicy:
 # --- config ---------------------------------------------------------------------------
 
 _OFF = (None, False, "off")
+_PERCENT = functools.partial(parse.percentage, allow_zero=True)  # 0 %: the fault is inert
 
 
 def parse_fault(raw: Any, where: str) -> FaultPolicy:
@@ -87,8 +74,8 @@ def parse_fault(raw: Any, where: str) -> FaultPolicy:
     if raw in _OFF:
         return FaultPolicy()
     problems: list[str] = []
-    values = _mapping(raw, where, ("abort", "delay"), problems)
-    abort = _fault(values.get("abort"), f"{where}.abort", "status", _status, problems)
+    values = parse.mapping(raw, where, ("abort", "delay"), problems)
+    abort = _fault(values.get("abort"), f"{where}.abort", "status", parse.error_status, problems)
     delay = _fault(values.get("delay"), f"{where}.delay", "fixed", parse.duration, problems)
     if problems:
         fail(problems)
@@ -105,31 +92,6 @@ def _fault(
     if raw in _OFF:
         return None
     known = len(problems)
-    values = _mapping(raw, where, ("percent", what), problems)
-    out: dict[str, Any] = {"percent": 100.0}
-    _take(values, "percent", _percentage, where, problems, out)
-    _take(values, what, convert, where, problems, out)
-    if isinstance(raw, Mapping) and what not in raw:
-        problems.append(f"{where}.{what}: required")
-    return out if len(problems) == known else None
-
-
-def _percentage(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError(f"expected a percentage (0-100), got {value!r}")
-    try:
-        n = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"expected a percentage (0-100), got {value!r}") from None
-    if not 0 <= n <= 100:
-        raise ValueError(f"must be within 0-100, got {value!r}")
-    return n
-
-
-def _status(value: Any) -> int:
-    text = str(value).strip() if isinstance(value, int | str) else ""
-    if isinstance(value, bool) or not (text.isascii() and text.isdigit()):
-        raise ValueError(f"expected a status code 400-599, got {value!r}")
-    if not 400 <= int(text) <= 599:
-        raise ValueError(f"must be a status code 400-599 (an error), got {value!r}")
-    return int(text)
+    converters: dict[str, Callable[[Any], Any]] = {"percent": _PERCENT, what: convert}
+    out = parse.parse_block(raw, where, converters, problems, required={what: "required"})
+    return {"percent": 100.0, **out} if len(problems) == known else None

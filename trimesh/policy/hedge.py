@@ -7,12 +7,13 @@ a response head; each hedge also spends from the service's `RetryBudget`.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import attrs
 
-from trimesh.config import parse
+from trimesh import convert as parse
+from trimesh.policy import _checks
 from trimesh.policy.retry import IDEMPOTENT_METHODS, fail
 
 
@@ -70,16 +71,8 @@ def _delay(_: Any, attribute: attrs.Attribute[Any], value: float | str) -> None:
     if isinstance(value, str):
         if value != "p95":
             raise ValueError(f"{attribute.name} must be seconds or 'p95', got {value!r}")
-    elif not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
-
-
-def _at_least(low: float) -> Any:
-    def check(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-        if not (math.isfinite(value) and value >= low):
-            raise ValueError(f"{attribute.name} must be at least {low}, got {value!r}")
-
-    return check
+    else:
+        _checks.positive(_, attribute, value)
 
 
 @attrs.frozen
@@ -87,9 +80,9 @@ class HedgePolicy:
     """Send up to `max_hedges` extra copies, each after `delay` without a response head."""
 
     delay: float | Literal["p95"] = attrs.field(validator=_delay)
-    max_hedges: int = attrs.field(default=1, validator=_at_least(1))
+    max_hedges: int = attrs.field(default=1, validator=_checks.at_least(1))
     # A floor for the observed p95, so a very fast service is not hedged at once.
-    min_delay: float = attrs.field(default=0.005, validator=_at_least(0))
+    min_delay: float = attrs.field(default=0.005, validator=_checks.at_least(0))
 
     def delay_for(self, tracker: LatencyTracker) -> float | None:
         """Seconds to wait before hedging, or None: not enough latency seen to hedge yet."""
@@ -103,9 +96,6 @@ class HedgePolicy:
         return body_replayable and method in IDEMPOTENT_METHODS
 
 
-_HEDGE_KEYS = ("delay", "max_hedges", "min_delay")
-
-
 def parse_hedge(raw: Any, where: str) -> HedgePolicy:
     """The `hedge` block: `{delay: 50ms | p95, max_hedges: 1, min_delay: 5ms}`.
 
@@ -115,25 +105,7 @@ def parse_hedge(raw: Any, where: str) -> HedgePolicy:
     if not isinstance(raw, Mapping):
         raw = {"delay": raw}
     problems: list[str] = []
-    for key in raw:
-        if key not in _HEDGE_KEYS:
-            problems.append(
-                f"{where}.{key}: unknown key (expected one of {', '.join(_HEDGE_KEYS)})"
-            )
-    out: dict[str, Any] = {}
-    converters = {
-        "delay": _delay_value,
-        "max_hedges": parse.positive_int,
-        "min_delay": parse.non_negative_duration,
-    }
-    for key, convert in converters.items():
-        if key in raw:
-            try:
-                out[key] = convert(raw[key])
-            except ValueError as exc:
-                problems.append(f"{where}.{key}: {exc}")
-    if "delay" not in raw:
-        problems.append(f"{where}.delay: required (a duration like 50ms, or p95)")
+    out = parse.parse_block(raw, where, _CONVERTERS, problems, required=_DELAY_REQUIRED)
     if problems:
         fail(problems)
     return HedgePolicy(**out)
@@ -146,3 +118,11 @@ def _delay_value(value: Any) -> float | Literal["p95"]:
         return parse.duration(value)
     except ValueError:
         raise ValueError(f"expected a duration like 50ms, or p95; got {value!r}") from None
+
+
+_CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "delay": _delay_value,
+    "max_hedges": parse.positive_int,
+    "min_delay": parse.non_negative_duration,
+}
+_DELAY_REQUIRED = {"delay": "required (a duration like 50ms, or p95)"}

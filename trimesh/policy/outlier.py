@@ -9,14 +9,14 @@ counts as a failure is the caller's decision. Time is passed in as `now`.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 import attrs
 
-from trimesh.config import parse
-from trimesh.policy.breaker import percentage
-from trimesh.policy.retry import _mapping, _take, fail
+from trimesh import convert as parse
+from trimesh.policy import _checks
+from trimesh.policy.retry import fail
 
 if TYPE_CHECKING:
     from trimesh.http.stream import Endpoint
@@ -30,25 +30,15 @@ class HasEndpoint(Protocol):
 C = TypeVar("C", bound=HasEndpoint)
 
 
-def _positive(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
-
-
-def _percentage(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not 0 < value <= 100:
-        raise ValueError(f"{attribute.name} must be within (0, 100], got {value!r}")
-
-
 @attrs.frozen
 class OutlierPolicy:
     """When an endpoint is ejected from its service's balancing, and for how long."""
 
     enabled: bool = True
-    consecutive_failures: int = attrs.field(default=5, validator=_positive)
-    base_ejection: float = attrs.field(default=30.0, validator=_positive)
-    max_ejection_percent: float = attrs.field(default=50.0, validator=_percentage)
-    max_ejection: float = attrs.field(default=300.0, validator=_positive)
+    consecutive_failures: int = attrs.field(default=5, validator=_checks.positive)
+    base_ejection: float = attrs.field(default=30.0, validator=_checks.positive)
+    max_ejection_percent: float = attrs.field(default=50.0, validator=_checks.percentage)
+    max_ejection: float = attrs.field(default=300.0, validator=_checks.positive)
 
     def __attrs_post_init__(self) -> None:
         if self.max_ejection < self.base_ejection:
@@ -181,7 +171,13 @@ def _name(endpoint: Endpoint) -> str:
 
 # --- config ---------------------------------------------------------------------------
 
-_KEYS = ("enabled", "consecutive_failures", "base_ejection", "max_ejection_percent", "max_ejection")
+_CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "enabled": parse.boolean,
+    "consecutive_failures": parse.positive_int,
+    "base_ejection": parse.duration,
+    "max_ejection_percent": parse.percentage,
+    "max_ejection": parse.duration,
+}
 
 
 def parse_outlier(raw: Any, where: str) -> OutlierPolicy:
@@ -189,21 +185,8 @@ def parse_outlier(raw: Any, where: str) -> OutlierPolicy:
 
     Error handling: raises the config error naming every bad key by its path.
     """
-    if raw is None:
-        return OutlierPolicy()
-    if isinstance(raw, bool | str):
-        try:
-            return OutlierPolicy(enabled=parse.boolean(raw))
-        except ValueError as exc:
-            fail([f"{where}: {exc}"])
     problems: list[str] = []
-    values: Mapping[str, Any] = _mapping(raw, where, _KEYS, problems)
-    out: dict[str, Any] = {}
-    _take(values, "enabled", parse.boolean, where, problems, out)
-    _take(values, "consecutive_failures", parse.positive_int, where, problems, out)
-    _take(values, "base_ejection", parse.duration, where, problems, out)
-    _take(values, "max_ejection_percent", percentage, where, problems, out)
-    _take(values, "max_ejection", parse.duration, where, problems, out)
+    out = parse.switch_or_block(raw, where, _CONVERTERS, problems)
     default = OutlierPolicy()
     base = out.get("base_ejection", default.base_ejection)
     top = out.get("max_ejection", default.max_ejection)

@@ -7,32 +7,29 @@ passed in as `now`.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
 
-from trimesh.config import parse
+from trimesh import convert as parse
+from trimesh.policy import _checks
 from trimesh.policy.match import ConfigProblems
-from trimesh.policy.retry import _mapping, _take, fail
+from trimesh.policy.retry import fail
 
 # Forgives float rounding (0.1 x 10 refills = 0.9999999999999999 tokens); the debt a
 # grant leaves is carried, so the grants never run ahead by more than this in total.
 _EPSILON = 1e-9
 
 
-def _positive(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
-
-
 @attrs.frozen
 class RateLimit:
     """`qps` requests a second on average, at most `burst` at once."""
 
-    qps: float = attrs.field(validator=_positive)
-    burst: int = attrs.field(validator=_positive)
+    qps: float = attrs.field(validator=_checks.positive)
+    burst: int = attrs.field(validator=_checks.positive)
 
 
 class TokenBucket:
@@ -111,6 +108,12 @@ class InboundLimiter:
 
 # --- config ---------------------------------------------------------------------------
 
+_CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "qps": functools.partial(parse.positive_number, expected="requests per second"),
+    "burst": parse.positive_int,
+}
+_QPS_REQUIRED = {"qps": "required (requests per second, like 100)"}
+
 
 def parse_rate_limit(raw: Any, where: str) -> RateLimit:
     """`{qps: 100, burst: 100}`; `burst` defaults to max(1, ceil(qps)).
@@ -157,25 +160,11 @@ def _rate_limit(
 ) -> RateLimit | None:
     """The `qps`/`burst` of `raw`, or None (no qps, or a problem added to `problems`)."""
     known = len(problems)
-    values = _mapping(raw, where, keys, problems)
-    out: dict[str, Any] = {}
-    _take(values, "qps", _qps, where, problems, out)
-    _take(values, "burst", parse.positive_int, where, problems, out)
-    if isinstance(raw, Mapping) and "qps" not in raw and (required or "burst" in raw):
-        problems.append(f"{where}.qps: required (requests per second, like 100)")
-    if "qps" not in values or len(problems) > known:
+    # A burst without a qps is a mistake even where the whole limit is optional.
+    required = required or (isinstance(raw, Mapping) and "burst" in raw)
+    needed = _QPS_REQUIRED if required else None
+    out = parse.parse_block(raw, where, _CONVERTERS, problems, keys=keys, required=needed)
+    if "qps" not in out or len(problems) > known:
         return None
     out.setdefault("burst", max(1, math.ceil(out["qps"])))
     return RateLimit(**out)
-
-
-def _qps(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError(f"expected requests per second, got {value!r}")
-    try:
-        n = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"expected requests per second, got {value!r}") from None
-    if not (math.isfinite(n) and n > 0):
-        raise ValueError(f"must be a positive number, got {value!r}")
-    return n

@@ -14,7 +14,8 @@ from typing import Any, Literal, NoReturn
 
 import attrs
 
-from trimesh.config import parse
+from trimesh import convert as parse
+from trimesh.policy import _checks
 from trimesh.policy.match import ConfigProblems
 
 RETRY_ON_KINDS = frozenset({"connect-failure", "reset", "per-try-timeout", "gateway-error"})
@@ -32,11 +33,6 @@ def fail(problems: list[str]) -> NoReturn:
     raise ConfigProblems(problems)
 
 
-def _non_negative(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{attribute.name} must be a non-negative number, got {value!r}")
-
-
 @attrs.frozen
 class Backoff:
     """Pause before a retry: `constant` (always `base`) or `exponential` with full jitter."""
@@ -44,8 +40,8 @@ class Backoff:
     kind: Literal["constant", "exponential"] = attrs.field(
         default="exponential", validator=attrs.validators.in_(("constant", "exponential"))
     )
-    base: float = attrs.field(default=0.025, validator=_non_negative)
-    max: float = attrs.field(default=0.25, validator=_non_negative)
+    base: float = attrs.field(default=0.025, validator=_checks.non_negative)
+    max: float = attrs.field(default=0.25, validator=_checks.non_negative)
 
     def delay(self, retry_index: int, rng: random.Random) -> float:
         """Seconds to wait before retry number `retry_index` (0 = the first retry)."""
@@ -60,27 +56,17 @@ def _kinds(_: Any, attribute: attrs.Attribute[Any], value: frozenset[str]) -> No
         raise ValueError(f"{attribute.name}: unknown kinds {sorted(value - RETRY_ON_KINDS)}")
 
 
-def _statuses(_: Any, attribute: attrs.Attribute[Any], value: frozenset[int]) -> None:
-    if any(not 400 <= s <= 599 for s in value):
-        raise ValueError(f"{attribute.name}: status codes must be 400-599, got {sorted(value)}")
-
-
-def _count(_: Any, attribute: attrs.Attribute[Any], value: int | None) -> None:
-    if value is not None and value < 0:
-        raise ValueError(f"{attribute.name} must not be negative, got {value!r}")
-
-
 @attrs.frozen
 class RetryPolicy:
     """When a failed or refused try of a request is sent again, and to which instance."""
 
-    attempts: int = attrs.field(default=2, validator=_count)  # retries after the first try
+    attempts: int = attrs.field(default=2, validator=_checks.count)  # retries after the first try
     retry_on: frozenset[str] = attrs.field(
         default=frozenset({"connect-failure", "reset"}), validator=_kinds
     )
-    statuses: frozenset[int] = attrs.field(default=frozenset(), validator=_statuses)
-    retry_on_same: int = attrs.field(default=0, validator=_count)
-    retry_on_next: int | None = attrs.field(default=None, validator=_count)
+    statuses: frozenset[int] = attrs.field(default=frozenset(), validator=_checks.error_statuses)
+    retry_on_same: int = attrs.field(default=0, validator=_checks.count)
+    retry_on_next: int | None = attrs.field(default=None, validator=_checks.count)
     backoff: Backoff = Backoff()
     non_idempotent: bool = False
 
@@ -199,8 +185,29 @@ _RETRY_KEYS = (
     "backoff",
     "non_idempotent",
 )
-_BACKOFF_KEYS = ("kind", "base", "max")
-_BUDGET_KEYS = ("ratio", "min_per_second")
+
+
+def _optional_count(value: Any) -> int | None:
+    """A count of 0 or more; None (YAML's `~`) means not set, the documented default."""
+    return None if value is None else parse.non_negative_int(value)
+
+
+# `retry_on` and `backoff` are blocks of their own, read by `parse_retry`.
+_RETRY_CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "attempts": parse.non_negative_int,
+    "retry_on_same": parse.non_negative_int,
+    "retry_on_next": _optional_count,
+    "non_idempotent": parse.boolean,
+}
+_BACKOFF_CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "kind": parse.choice("constant", "exponential"),
+    "base": parse.non_negative_duration,
+    "max": parse.duration,
+}
+_BUDGET_CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "ratio": parse.non_negative_number,
+    "min_per_second": parse.non_negative_number,
+}
 
 
 def parse_retry(raw: Any, where: str) -> RetryPolicy:
@@ -215,13 +222,8 @@ def parse_retry(raw: Any, where: str) -> RetryPolicy:
     if raw is False or raw == "off":
         return RetryPolicy(attempts=0)
     problems: list[str] = []
-    values = _mapping(raw, where, _RETRY_KEYS, problems)
-    out: dict[str, Any] = {}
-    _take(values, "attempts", _non_negative_int, where, problems, out)
-    _take(values, "retry_on_same", _non_negative_int, where, problems, out)
-    if values.get("retry_on_next") is not None:  # none: not set (the documented default)
-        _take(values, "retry_on_next", _non_negative_int, where, problems, out)
-    _take(values, "non_idempotent", parse.boolean, where, problems, out)
+    out = parse.parse_block(raw, where, _RETRY_CONVERTERS, problems, keys=_RETRY_KEYS)
+    values: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
     if "retry_on" in values:
         out["retry_on"], out["statuses"] = _retry_on(
             values["retry_on"], f"{where}.retry_on", problems
@@ -231,8 +233,8 @@ def parse_retry(raw: Any, where: str) -> RetryPolicy:
     # Either Mesher key switches to Mesher's counts, and then `attempts` is unused: not
     # an error, as policy blocks merge key by key (a default's attempts + a service's counts).
     # `retry_on_same: 0` alone is the default, not a switch to counts of zero.
-    if out.get("retry_on_same") or "retry_on_next" in out:
-        out.setdefault("retry_on_next", 0)
+    if out.get("retry_on_same") or out.get("retry_on_next") is not None:
+        out["retry_on_next"] = out.get("retry_on_next") or 0
     if problems:
         fail(problems)
     return RetryPolicy(**out)
@@ -244,10 +246,9 @@ def parse_budget(raw: Any, where: str) -> tuple[float, float]:
     Error handling: raises the config error naming every bad key by its path.
     """
     problems: list[str] = []
-    values = _mapping(raw, where, _BUDGET_KEYS, problems) if raw is not None else {}
-    out: dict[str, Any] = {"ratio": 0.2, "min_per_second": 10.0}
-    _take(values, "ratio", _non_negative_number, where, problems, out)
-    _take(values, "min_per_second", _non_negative_number, where, problems, out)
+    out = {"ratio": 0.2, "min_per_second": 10.0}
+    if raw is not None:
+        out |= parse.parse_block(raw, where, _BUDGET_CONVERTERS, problems)
     if problems:
         fail(problems)
     return out["ratio"], out["min_per_second"]
@@ -276,60 +277,9 @@ def _retry_on(raw: Any, where: str, problems: list[str]) -> tuple[frozenset[str]
 
 
 def _backoff(raw: Any, where: str, problems: list[str]) -> Backoff:
-    values = _mapping(raw, where, _BACKOFF_KEYS, problems)
-    out: dict[str, Any] = {}
-    _take(values, "kind", parse.choice("constant", "exponential"), where, problems, out)
-    _take(values, "base", parse.non_negative_duration, where, problems, out)
-    _take(values, "max", parse.duration, where, problems, out)
+    out = parse.parse_block(raw, where, _BACKOFF_CONVERTERS, problems)
     backoff = Backoff()
     base, top = out.get("base", backoff.base), out.get("max", backoff.max)
     if out.get("kind", backoff.kind) == "exponential" and top < base:
         problems.append(f"{where}.max: must be at least base ({base}s), got {top}s")
     return backoff if problems else Backoff(**out)
-
-
-def _mapping(raw: Any, where: str, keys: tuple[str, ...], problems: list[str]) -> Mapping[str, Any]:
-    """`raw` as a mapping with only `keys`; each other key is a problem."""
-    if not isinstance(raw, Mapping):
-        problems.append(f"{where}: expected a mapping, got {raw!r}")
-        return {}
-    for key in raw:
-        if key not in keys:
-            problems.append(f"{where}.{key}: unknown key (expected one of {', '.join(keys)})")
-    return raw
-
-
-def _take(
-    values: Mapping[str, Any],
-    key: str,
-    convert: Callable[[Any], Any],
-    where: str,
-    problems: list[str],
-    out: dict[str, Any],
-) -> None:
-    """Convert `values[key]` into `out[key]` if present; a ValueError becomes a problem."""
-    if key not in values:
-        return
-    try:
-        out[key] = convert(values[key])
-    except ValueError as exc:
-        problems.append(f"{where}.{key}: {exc}")
-
-
-def _non_negative_int(value: Any) -> int:
-    text = str(value).strip() if isinstance(value, int | str) else ""
-    if isinstance(value, bool) or not (text.isascii() and text.isdigit()):
-        raise ValueError(f"expected a whole number (0 or more), got {value!r}")
-    return int(text)
-
-
-def _non_negative_number(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError(f"expected a number, got {value!r}")
-    try:
-        n = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"expected a number, got {value!r}") from None
-    if not (math.isfinite(n) and n >= 0):
-        raise ValueError(f"must be a non-negative number, got {value!r}")
-    return n

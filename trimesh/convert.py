@@ -2,13 +2,16 @@
 
 Each raises `ValueError` with a message fit to follow the key path, e.g.
 ``limits.header_timeout: expected a duration like 10s or 500ms, got 'soon'``.
+The block helpers at the end apply converters to a whole mapping and collect
+those messages, with the key paths, as a list of problems.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -99,6 +102,69 @@ def positive_int(value: Any) -> int:
     return n
 
 
+def non_negative_int(value: Any) -> int:
+    """A whole number, 0 or more: an int or its digits (not a bool, not a float)."""
+    n = _whole(value)
+    if n is None:
+        raise ValueError(f"expected a whole number (0 or more), got {value!r}")
+    return n
+
+
+def error_status(value: Any) -> int:
+    """An HTTP status code of an error, 400-599."""
+    code = _whole(value)
+    if code is None:
+        raise ValueError(f"expected a status code 400-599, got {value!r}")
+    if not 400 <= code <= 599:
+        raise ValueError(f"must be a status code 400-599 (an error), got {value!r}")
+    return code
+
+
+def _whole(value: Any) -> int | None:
+    """`value` as an int if it is a non-negative int or ASCII digits, else None."""
+    digits = str(value).strip() if isinstance(value, int | str) else ""
+    if isinstance(value, bool) or not (digits.isascii() and digits.isdigit()):
+        return None
+    return int(digits)
+
+
+def positive_number(value: Any, *, expected: str = "a number") -> float:
+    """A finite number above 0; `expected` names it in the error (e.g. "requests per second")."""
+    n = _number(value, expected)
+    if not (math.isfinite(n) and n > 0):
+        raise ValueError(f"must be a positive number, got {value!r}")
+    return n
+
+
+def non_negative_number(value: Any) -> float:
+    """A finite number, 0 or more."""
+    n = _number(value, "a number")
+    if not (math.isfinite(n) and n >= 0):
+        raise ValueError(f"must be a non-negative number, got {value!r}")
+    return n
+
+
+def percentage(value: Any, *, allow_zero: bool = False) -> float:
+    """A number in (0, 100], or in [0, 100] with `allow_zero`."""
+    n = _number(value, "a percentage (0-100)")
+    if allow_zero:
+        if not 0 <= n <= 100:
+            raise ValueError(f"must be within 0-100, got {value!r}")
+    elif not 0 < n <= 100:
+        raise ValueError(f"must be more than 0 and at most 100, got {value!r}")
+    return n
+
+
+def _number(value: Any, expected: str) -> float:
+    """`value` as a float (NaN and infinities included); a bool is not a number."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected {expected}, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected {expected}, got {value!r}") from None
+
+
 def port(value: Any) -> int:
     n = positive_int(value)
     if n > 65535:
@@ -180,3 +246,90 @@ def choice(*options: str) -> Any:
         return s
 
     return convert
+
+
+# --- blocks -------------------------------------------------------------------------------
+# A block is one mapping of a config section (a policy, a fault). Its parser reports every
+# problem at once, each as "<where>.<key>: <what is wrong>", so these helpers append to a
+# `problems` list instead of raising; the caller raises once it has checked everything.
+
+
+def mapping(raw: Any, where: str, keys: tuple[str, ...], problems: list[str]) -> Mapping[str, Any]:
+    """`raw` as a mapping with only `keys`; a non-mapping (then `{}`) or other key is a problem."""
+    if not isinstance(raw, Mapping):
+        problems.append(f"{where}: expected a mapping, got {raw!r}")
+        return {}
+    for key in raw:
+        if key not in keys:
+            problems.append(f"{where}.{key}: unknown key (expected one of {', '.join(keys)})")
+    return raw
+
+
+def convert_keys(
+    values: Mapping[str, Any],
+    where: str,
+    converters: Mapping[str, Callable[[Any], Any]],
+    problems: list[str],
+) -> dict[str, Any]:
+    """Each key of `values` that `converters` names, converted by its converter, in their order.
+
+    Error handling: a converter's ValueError is appended to `problems` as
+    "<where>.<key>: <error>" and its key left out of the result.
+    """
+    out: dict[str, Any] = {}
+    for key, convert in converters.items():
+        if key in values:
+            try:
+                out[key] = convert(values[key])
+            except ValueError as exc:
+                problems.append(f"{where}.{key}: {exc}")
+    return out
+
+
+def parse_block(
+    raw: Any,
+    where: str,
+    converters: Mapping[str, Callable[[Any], Any]],
+    problems: list[str],
+    *,
+    keys: tuple[str, ...] | None = None,
+    required: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The keys of block `raw` that `converters` names, each converted by its converter.
+
+    `keys` lists every key the block may have, in the order an unknown-key problem names
+    them (default: the converters' keys); the caller reads the others itself. `required`
+    maps a key that must be present to what its problem says when it is missing.
+
+    Error handling: appends to `problems` what `mapping` and then `convert_keys` find,
+    then each missing required key.
+    """
+    values = mapping(raw, where, tuple(converters) if keys is None else keys, problems)
+    out = convert_keys(values, where, converters, problems)
+    for key, missing in (required or {}).items():
+        if isinstance(raw, Mapping) and key not in raw:
+            problems.append(f"{where}.{key}: {missing}")
+    return out
+
+
+def switch_or_block(
+    raw: Any,
+    where: str,
+    converters: Mapping[str, Callable[[Any], Any]],
+    problems: list[str],
+    *,
+    keys: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
+    """`parse_block`, but None is `{}` (the defaults) and a bare on/off is `{enabled: on/off}`.
+
+    Error handling: a bare value that is not on/off is a problem named `where`.
+    """
+    if raw is None:
+        return {}
+    if isinstance(raw, bool | str):
+        try:
+            return {"enabled": boolean(raw)}
+        except ValueError as exc:
+            problems.append(f"{where}: {exc}")
+            return {}
+    return parse_block(raw, where, converters, problems, keys=keys)
