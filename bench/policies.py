@@ -2,8 +2,10 @@
 
 * `policies`: the same upstream through trimesh with no `policies`/`routes`,
   with 10 route rules + retries + a retry budget + least_request configured
-  but not firing, and with hedging configured too (a 1 s delay that never
-  elapses). Same run, same load; the figure is the ratio of req/s.
+  but not firing, with hedging configured too (a 1 s delay that never
+  elapses), and with a circuit breaker, outlier ejection, a bulkhead and a
+  rate limit configured but not firing. Same run, same load; the figures are
+  ratios of req/s.
 * `balancing`: three instances, one ten times slower; round_robin against
   least_request (P2C over peak-EWMA), same load.
 * `hedging`: six instances, one slow; no hedge against `hedge: 10ms`; p99
@@ -62,6 +64,15 @@ IDLE_POLICY: dict[str, object] = {
 }
 
 
+# Issue 8: breakers, outlier ejection, bulkhead and a rate limit, none of them firing.
+RESILIENCE_POLICY: dict[str, object] = {
+    "circuit_breaker": {"enabled": True, "request_volume_threshold": 20},
+    "outlier": {"consecutive_failures": 5},
+    "max_concurrent": 10_000,
+    "rate_limit": {"qps": 1_000_000, "burst": 1_000_000},
+}
+
+
 def _endpoint(sc: sidecar.Sidecar, label: str) -> Endpoint:
     return Endpoint(sc.name, label, sc.port, _ABSOLUTE, sidecar.SERVICE, sc.proc.pid)
 
@@ -73,8 +84,12 @@ def policies(rig: Rig) -> ScenarioResult:
     )
     instance = [{"address": f"{HOST}:{rig.upstream_port}", "version": "1.0"}]
     routes = {"routes": {sidecar.SERVICE: _idle_rules()}}
-    idle = {"trimesh-policies": IDLE_POLICY, "trimesh-hedge-idle": {**IDLE_POLICY, "hedge": "1s"}}
-    configured, hedged = (
+    idle = {
+        "trimesh-policies": IDLE_POLICY,
+        "trimesh-hedge-idle": {**IDLE_POLICY, "hedge": "1s"},
+        "trimesh-resilience": RESILIENCE_POLICY,
+    }
+    configured, hedged, resilient = (
         sidecar.start(
             rig.procs,
             name,
@@ -90,9 +105,10 @@ def policies(rig: Rig) -> ScenarioResult:
         _endpoint(plain, "trimesh, no policies"),
         _endpoint(configured, "10 rules, retries + budget, least_request (idle)"),
         _endpoint(hedged, "the same plus hedge: 1s (idle)"),
+        _endpoint(resilient, "breaker, outlier, bulkhead, rate limit (idle)"),
     ]
     res.runs = measure_paths(rig.gen, eps, n, rig.duration, rig.warmup, rig.rounds)
-    for sc in (configured, hedged):
+    for sc in (configured, hedged, resilient):
         sc.stop(rig.procs)
     base = res.runs["trimesh"].rps
     ratio = res.runs["trimesh-policies"].rps / base
@@ -113,7 +129,18 @@ def policies(rig: Rig) -> ScenarioResult:
             summary=True,
         )
     )
+    resilience = res.runs["trimesh-resilience"].rps / base
+    res.figures.append(
+        Figure(
+            "req/s with resilience policies idle / without",
+            resilience,
+            "x",
+            f">= {POLICY_COST_TARGET:.2f}",
+            resilience >= POLICY_COST_TARGET,
+        )
+    )
     _cpu_ratio(res, "trimesh-policies", "trimesh", "CPU per request, policies idle / without")
+    _cpu_ratio(res, "trimesh-resilience", "trimesh", "CPU per request, resilience idle / without")
     return res
 
 

@@ -1,7 +1,10 @@
-"""The admin listener: health, readiness, Mesher's v1 endpoints, registry view.
+"""The admin listener: health, readiness, Mesher's v1 endpoints, metrics, the dashboard.
 
 A deliberately small h11 server: one request per connection read at a time,
-JSON answers, GET and HEAD only. It shares no code path with the proxy
+JSON answers (or `Raw` ones: metrics text, the dashboard's files), GET and
+HEAD, plus PUT/POST on the few endpoints registered as mutating, which need
+the admin token when one is set (`listen.admin_token`, a bearer token; off
+loopback every endpoint needs it). It shares no code path with the proxy
 listeners, so a wedged data path cannot hide the admin answers. It is also
 hardened on its own: a failing route answers 500 instead of ending the
 sidecar, a client that does not read its answer is dropped after
@@ -12,9 +15,10 @@ can never reach the admin endpoints (loops, SSRF).
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -34,28 +38,80 @@ RECEIVE_SIZE = 65536
 REFUSE_LINGER = 1.0
 
 
+@attrs.frozen
+class Raw:
+    """A non-JSON answer body: its content type and bytes."""
+
+    content_type: str
+    body: bytes
+
+
+@attrs.frozen
+class AdminRequest:
+    """What a request handler sees: method, path, query, headers (lower-case names), body."""
+
+    method: bytes
+    path: str
+    query: str
+    headers: Mapping[bytes, bytes]
+    body: bytes = b""
+
+
+RequestHandler = Callable[[AdminRequest], tuple[int, Any]]
+
+
 class AdminRoutes:
-    """Path → handler returning (status, JSON-able body)."""
+    """Path → handler returning (status, JSON-able body or `Raw`)."""
 
     def __init__(self) -> None:
         self.routes: dict[str, Handler] = {}
         self.prefixes: dict[str, Callable[[str], tuple[int, Any]]] = {}
+        # Handlers that see the request, and the methods each accepts.
+        self.requests: dict[str, tuple[RequestHandler, frozenset[bytes]]] = {}
 
     def add(self, path: str, handler: Handler) -> None:
         self.routes[path] = handler
+
+    def add_request(
+        self, path: str, handler: RequestHandler, methods: tuple[bytes, ...] = (b"GET",)
+    ) -> None:
+        """`handler(request)` answers `path`; a method other than GET/HEAD is mutating."""
+        self.requests[path] = (
+            handler,
+            frozenset({*methods, b"HEAD"} if b"GET" in methods else methods),
+        )
+
+    def mutating(self, method: bytes) -> bool:
+        return method not in (b"GET", b"HEAD")
 
     def add_prefix(self, prefix: str, handler: Callable[[str], tuple[int, Any]]) -> None:
         """`handler(rest)` answers every path `prefix` + rest (rest non-empty, no `/`)."""
         self.prefixes[prefix] = handler
 
-    def answer(self, method: bytes, target: bytes) -> tuple[int, Any]:
+    def answer(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: Mapping[bytes, bytes] | None = None,
+        body: bytes = b"",
+    ) -> tuple[int, Any]:
         """Route one request; a HEAD is answered like a GET (the server drops the body)."""
         path = _path(target)
+        found = self.requests.get(path)
+        if found is not None:
+            handler_for, methods = found
+            if method not in methods:
+                allowed = ", ".join(sorted(m.decode() for m in methods))
+                return 405, {"error": f"{path} answers {allowed}"}
+            query = target.partition(b"?")[2].decode("ascii", "replace")
+            return handler_for(AdminRequest(method, path, query, headers or {}, body))
         handler = self.routes.get(path)
         if handler is None:
             handler = self._prefixed(path)
         if handler is None:
-            endpoints = sorted([*self.routes, *(f"{p}{{name}}" for p in self.prefixes)])
+            endpoints = sorted(
+                [*self.routes, *self.requests, *(f"{p}{{name}}" for p in self.prefixes)]
+            )
             return 404, {"error": f"no admin endpoint {path}", "endpoints": endpoints}
         if method not in (b"GET", b"HEAD"):
             return 405, {"error": "admin endpoints answer GET only"}
@@ -86,6 +142,9 @@ class AdminSettings:
     max_connections: int = 64
     # Our own Via pseudonyms (`Sidecar.via_token`): requests naming one are refused.
     via_tokens: tuple[bytes, ...] = ()
+    # `listen.admin_token`: needed by mutating endpoints, and by all when `token_for_all`.
+    token: str | None = attrs.field(default=None, repr=False)
+    token_for_all: bool = False
 
 
 async def run_admin(
@@ -153,10 +212,10 @@ class AdminServer:
     async def _serve(self, stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         while True:
-            request = None
+            received = None
             try:
                 with trio.move_on_after(self.settings.header_timeout):
-                    request = await _read_request(conn, stream)
+                    received = await _read_request(conn, stream)
             except h11.RemoteProtocolError as exc:
                 if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                     await self._answer_and_close(stream, _error(conn, exc.error_status_hint, exc))
@@ -165,24 +224,47 @@ class AdminServer:
                 too_large = f"request body over {MAX_BODY} bytes"
                 await self._answer_and_close(stream, _error(conn, 413, too_large))
                 return
-            if request is None:
+            if received is None:
                 return  # closed, or no request within header_timeout
-            status, payload = self._answer(request)
-            if not await self._send(stream, _response(conn, request.method, status, payload)):
+            request, body = received
+            status, payload, content_type = self._answer(request, body)
+            answer = _response(conn, request.method, status, payload, content_type)
+            if not await self._send(stream, answer):
                 return
             if conn.our_state is not h11.DONE:
                 return
             conn.start_next_cycle()
 
-    def _answer(self, request: h11.Request) -> tuple[int, bytes]:
+    def _answer(self, request: h11.Request, body: bytes) -> tuple[int, bytes, bytes]:
+        json_type = b"application/json"
         if any(via_has(request.headers, token) for token in self.settings.via_tokens):
-            return 403, _json({"error": "request came through this sidecar's proxy listener"})
+            refused = {"error": "request came through this sidecar's proxy listener"}
+            return 403, _json(refused), json_type
+        headers = {name.lower(): value for name, value in request.headers}
+        denied = self._authorize(request.method, headers)
+        if denied is not None:
+            return denied[0], _json({"error": denied[1]}), json_type
         try:
-            status, body = self.routes.answer(request.method, request.target)
-            return status, _json(body)
+            status, answer = self.routes.answer(request.method, request.target, headers, body)
+            if isinstance(answer, Raw):
+                return status, answer.body, answer.content_type.encode()
+            return status, _json(answer), json_type
         except Exception:
             self._report_bug(_path(request.target))
-            return 500, _json({"error": "admin handler failed; see the sidecar log"})
+            return 500, _json({"error": "admin handler failed; see the sidecar log"}), json_type
+
+    def _authorize(self, method: bytes, headers: Mapping[bytes, bytes]) -> tuple[int, str] | None:
+        """None if allowed; else 401 (no token sent) or 403 (a wrong one)."""
+        token = self.settings.token
+        if token is None or not (self.settings.token_for_all or self.routes.mutating(method)):
+            return None
+        sent = headers.get(b"authorization", b"")
+        scheme, _, value = sent.partition(b" ")
+        if scheme.lower() != b"bearer" or not value:
+            return 401, "this endpoint needs the admin token: Authorization: Bearer <token>"
+        if not hmac.compare_digest(value.strip(), token.encode()):
+            return 403, "wrong admin token"
+        return None
 
     def _report_bug(self, path: str) -> None:
         """Log a failing route: its traceback once, then one line per failure."""
@@ -232,20 +314,21 @@ class _BodyTooLarge(Exception):
     pass
 
 
-async def _read_request(conn: h11.Connection, stream: trio.SocketStream) -> h11.Request | None:
-    """The next request, its body read and discarded; None if the client closed."""
+async def _read_request(
+    conn: h11.Connection, stream: trio.SocketStream
+) -> tuple[h11.Request, bytes] | None:
+    """The next request and its body; None if the client closed."""
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
             conn.receive_data(await stream.receive_some(RECEIVE_SIZE))
         elif isinstance(event, h11.Request):
-            await _discard_body(conn, stream)
-            return event
+            return event, await _read_body(conn, stream)
         else:
             return None
 
 
-async def _discard_body(conn: h11.Connection, stream: trio.SocketStream) -> None:
+async def _read_body(conn: h11.Connection, stream: trio.SocketStream) -> bytes:
     """Read the request body to its end so the connection stays in sync.
 
     Raises `_BodyTooLarge` past `MAX_BODY`; h11's RemoteProtocolError if it is cut short.
@@ -253,24 +336,33 @@ async def _discard_body(conn: h11.Connection, stream: trio.SocketStream) -> None
     if conn.they_are_waiting_for_100_continue:
         go_on = h11.InformationalResponse(status_code=100, headers=[])
         await stream.send_all(conn.send(go_on) or b"")
-    size = 0
+    body = bytearray()
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
             conn.receive_data(await stream.receive_some(RECEIVE_SIZE))
         elif isinstance(event, h11.Data):
-            size += len(event.data)
-            if size > MAX_BODY:
+            body += event.data
+            if len(body) > MAX_BODY:
                 raise _BodyTooLarge
         else:
-            return  # EndOfMessage
+            return bytes(body)  # EndOfMessage
 
 
-def _response(conn: h11.Connection, method: bytes, status: int, payload: bytes) -> bytes:
+def _response(
+    conn: h11.Connection,
+    method: bytes,
+    status: int,
+    payload: bytes,
+    content_type: bytes = b"application/json",
+) -> bytes:
     headers = [
-        (b"content-type", b"application/json"),
+        (b"content-type", content_type),
         (b"content-length", b"%d" % len(payload)),
+        (b"cache-control", b"no-store"),
     ]
+    if status == 401:
+        headers.append((b"www-authenticate", b'Bearer realm="trimesh admin"'))
     if status == 405:
         headers.append((b"allow", b"GET, HEAD"))
     data = conn.send(h11.Response(status_code=status, headers=headers)) or b""

@@ -7,6 +7,7 @@ every problem with its key path, so `trimesh check` can name them all.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -22,6 +23,7 @@ from trimesh.config.model import (
     InboundConfig,
     Limits,
     ListenConfig,
+    MetricsConfig,
     ObserveConfig,
     RegistryConfig,
     ServiceConfig,
@@ -110,6 +112,7 @@ SCHEMA: Schema = {
         "advertise": p.text,
         "drain_delay": p.non_negative_duration,
         "drain_timeout": p.duration,
+        "admin_token": p.text,
     },
     "app": {
         "host": p.text,
@@ -158,7 +161,11 @@ SCHEMA: Schema = {
         "call_timeout": p.duration,
         "allow_networks": p.networks,
     },
-    "observe": {"access_log": _access_log},
+    "observe": {
+        "access_log": _access_log,
+        "log_format": p.choice("text", "json"),
+        "metrics": {"mesher_names": p.boolean},
+    },
     # These two validate themselves and name their own key paths.
     "routes": parse_routes,
     "policies": parse_policies,
@@ -232,7 +239,13 @@ def _section(raw: Any, schema: Schema, path: str, problems: list[str]) -> Raw:
             problems.append(f"{where}: unknown key (expected one of {', '.join(schema)})")
         elif isinstance(rule, Mapping):
             out[key] = _section(value, rule, where + ".", problems)
-        elif value is None and key in ("advertise", "username", "password", "max_body_bytes"):
+        elif value is None and key in (
+            "advertise",
+            "username",
+            "password",
+            "max_body_bytes",
+            "admin_token",
+        ):
             out[key] = None
         else:
             try:
@@ -255,7 +268,7 @@ def _assemble(v: Raw, problems: list[str]) -> Config:
         limits=Limits(**v.get("limits", {})),
         upstream=UpstreamConfig(**v.get("upstream", {})),
         registry=RegistryConfig(**v.get("registry", {})),
-        observe=ObserveConfig(**v.get("observe", {})),
+        observe=_observe(v.get("observe", {})),
         inbound=InboundConfig(**v.get("inbound", {})),
         **({"egress": v["egress"]} if "egress" in v else {}),
         **({"routes": v["routes"]} if "routes" in v else {}),
@@ -286,7 +299,20 @@ def serving_problems(c: Config) -> list[str]:
     return []
 
 
+def _observe(values: Raw) -> ObserveConfig:
+    values = dict(values)
+    if "metrics" in values:
+        values["metrics"] = MetricsConfig(**values["metrics"])
+    return ObserveConfig(**values)
+
+
 def _cross_check(c: Config, problems: list[str]) -> None:
+    admin_host = c.listen.admin[0]
+    if not _loopback(admin_host) and not c.listen.admin_token:
+        problems.append(
+            f"listen.admin_token: required when the admin listener is not on loopback"
+            f" ({admin_host}): set a bearer token"
+        )
     health = c.app.health
     if health and health.port not in c.app.ports:
         problems.append(f"app.health.port: {health.port!r} is not declared in app.ports")
@@ -294,6 +320,15 @@ def _cross_check(c: Config, problems: list[str]) -> None:
         problems.append(f"registry.endpoints: required for registry type {c.registry.type}")
     if c.registry.ttl <= c.registry.heartbeat_interval:
         problems.append("registry.ttl: must be longer than registry.heartbeat_interval")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 ENV_MESHER: Mapping[str, tuple[str, str]] = {

@@ -42,6 +42,9 @@ class ListenConfig:
     # On SIGTERM: keep accepting (answering `Connection: close`) this long, then stop.
     drain_delay: float = 5.0
     drain_timeout: float = 20.0
+    # Bearer token for the admin listener: mutating endpoints need it when set, and
+    # every endpoint does when the admin listener is not on loopback (then it is required).
+    admin_token: str | None = attrs.field(default=None, repr=False)
 
 
 @attrs.frozen
@@ -132,9 +135,18 @@ class RegistryConfig:
 
 
 @attrs.frozen
+class MetricsConfig:
+    # Also expose Mesher's metric names, so Mesher's Grafana dashboards keep working.
+    mesher_names: bool = False
+
+
+@attrs.frozen
 class ObserveConfig:
     # "stderr", "stdout", "off", or a file path.
     access_log: str = "stderr"
+    # The program log: "text" lines or "json" objects (with trace_id/span_id in a request).
+    log_format: Literal["text", "json"] = "text"
+    metrics: MetricsConfig = attrs.field(factory=MetricsConfig)
 
 
 @attrs.frozen

@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
+from collections.abc import Callable
 from itertools import count
 
 import attrs
@@ -64,6 +66,16 @@ class Drain:
             scope.cancel()
 
 
+@attrs.define(slots=True)
+class ConnInfo:
+    """One open downstream connection, as `GET /v1/connections` shows it."""
+
+    peer: str
+    opened: float  # trio time
+    requests: int = 0
+    state: str = "idle"  # idle | busy | tunnel
+
+
 @attrs.frozen
 class ListenerContext:
     """Everything a connection on one listener needs; shared, immutable."""
@@ -74,25 +86,31 @@ class ListenerContext:
     pool: UpstreamPool
     access_log: AccessLog
     drain: Drain
+    # Open connections by id (the admin API's view; entries live as long as the connection).
+    conns: dict[int, ConnInfo] = attrs.field(factory=dict)
+    # Called with each finished request's record before the access log (metrics, live stats).
+    observers: tuple[Callable[[AccessRecord], None], ...] = ()
 
 
 async def serve_connection(stream: hs.ByteStream, ctx: ListenerContext) -> None:
     """Handle one accepted connection until it closes. Never raises."""
     conn_id = next(_conn_ids)
     down = Downstream(stream, ctx.limits, hs.peer_host(stream))
+    ctx.conns[conn_id] = info = ConnInfo(down.peer, trio.current_time())
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(down.reader)
-            await _requests(down, ctx, conn_id)
+            await _requests(down, ctx, conn_id, info)
             await down.linger(LINGER)
             nursery.cancel_scope.cancel()
     except Exception:
         log.exception("conn=%d bug: unhandled error", conn_id)
     finally:
+        del ctx.conns[conn_id]
         await trio.aclose_forcefully(stream)
 
 
-async def _requests(down: Downstream, ctx: ListenerContext, conn_id: int) -> None:
+async def _requests(down: Downstream, ctx: ListenerContext, conn_id: int, info: ConnInfo) -> None:
     fixed: Target | None = None
     while True:
         try:
@@ -102,13 +120,17 @@ async def _requests(down: Downstream, ctx: ListenerContext, conn_id: int) -> Non
             return
         if request is None:
             return
+        info.requests += 1
+        info.state = "busy"
         if request.method == b"CONNECT":
+            info.state = "tunnel"
             fixed = await _connect(down, ctx, request, conn_id, fixed)
             if fixed is None:
                 return
             continue
         if not await _one_request(down, ctx, request, conn_id, fixed):
             return
+        info.state = "idle"
         if down.h11.our_state is not h11.DONE or down.h11.their_state is not h11.DONE:
             return
         if ctx.drain.draining:
@@ -174,11 +196,19 @@ async def _one_request(
         return False
     finally:
         if not isinstance(outcome, Tunnel):
-            ctx.access_log.write(rec)
+            _finished(ctx, rec)
     if isinstance(outcome, Tunnel):
         await _tunnel(down, ctx, outcome, rec)
         return False
     return outcome
+
+
+def _finished(ctx: ListenerContext, rec: AccessRecord) -> None:
+    """A request (or tunnel) ended: metrics and live figures, then the access log."""
+    rec.duration = time.monotonic() - rec.started
+    for observe in ctx.observers:
+        observe(rec)
+    ctx.access_log.write(rec)
 
 
 async def _in_request_scope(
@@ -196,7 +226,7 @@ async def _in_request_scope(
             scope.cancel()
         try:
             route = await ctx.router.route(request, down.guard.framing, down.peer, fixed)
-            rec.service = route.service
+            rec.service, rec.source = route.service, route.source
             return await governed(down, request, route, ctx.router, ctx.pool, policy, rec)
         finally:
             # Out of the scope, writes (error answers) get their own deadline.
@@ -225,7 +255,7 @@ async def _tunnel(
         down.cut = True  # nothing to linger for: both directions ended
         with trio.move_on_after(1, shield=True):
             await trio.aclose_forcefully(tunnel.upstream)
-        ctx.access_log.write(rec)
+        _finished(ctx, rec)
 
 
 async def _connect(
@@ -270,7 +300,7 @@ async def _connect(
         if not tunnelling:
             if upstream is not None:
                 await trio.aclose_forcefully(upstream)
-            ctx.access_log.write(rec)
+            _finished(ctx, rec)
     if upstream is not None:
         await _tunnel(down, ctx, Tunnel(upstream, b""), rec)
         return None

@@ -56,6 +56,8 @@ class Route:
     sticky: Endpoint | None = None
     # The service's observed response-head latencies, when its policy hedges.
     latency: LatencyTracker | None = None
+    # The calling service: ours when outbound, the caller's (x-cse-context) when inbound.
+    source: str | None = None
     # The target service's breaker, bulkhead, rate limit and outlier state; None: ungoverned.
     guards: ServiceGuards | None = None
 

@@ -86,8 +86,8 @@ class InboundRouter:
             path, host = absolute.path, absolute.authority
         if host is not None:
             self._check_host(host)
+        source = hh.cse_source(hh.get(received, b"x-cse-context"))
         if self.limiter is not None:
-            source = hh.cse_source(hh.get(received, b"x-cse-context"))
             wait = self.limiter.check(source, trio.current_time())
             if wait:
                 who = "" if source is None else f" for callers from {source!r}"
@@ -109,6 +109,7 @@ class InboundRouter:
         )
         candidate = Candidate((self.host, port), f"{self.host}:{port}")
         route = Route(path, headers, [candidate], self.service, websocket)
+        route.source = source
         route.propagated = pdeadline.parse(hh.get(received, pdeadline.HEADER))
         return route
 

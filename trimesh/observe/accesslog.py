@@ -40,6 +40,13 @@ class AccessRecord:
     retries: int = 0
     # Extra copies sent to other instances while an attempt was slow (`hedge`).
     hedges: int = 0
+    # The calling service (ours when outbound; x-cse-context's when inbound).
+    source: str | None = None
+    # The request's trace and its span here (hex), when tracing is on.
+    trace_id: str | None = None
+    span_id: str | None = None
+    # Seconds from the first byte to the end, set when the request ends.
+    duration: float | None = None
     started: float = attrs.field(factory=time.monotonic)
     start_wall: float = attrs.field(factory=time.time)
 
@@ -55,6 +62,8 @@ def format_record(rec: AccessRecord) -> str:
         tail = f',"retries":{rec.retries:d}{tail}'
     if rec.hedges:
         tail = f',"hedges":{rec.hedges:d}{tail}'
+    if rec.trace_id is not None:
+        tail = f',"trace_id":"{rec.trace_id}","span_id":"{rec.span_id}"{tail}'
     return (
         f'{{"ts":{rec.start_wall:.3f},"conn":{rec.conn:d},"direction":{_quote(rec.direction)},'
         f'"method":{_quote(rec.method)},"path":{_quote(rec.path)},'
@@ -62,9 +71,13 @@ def format_record(rec: AccessRecord) -> str:
         f'"upstream":{_opt(rec.upstream)},'
         f'"status":{"null" if rec.status is None else format(rec.status, "d")},'
         f'"bytes_in":{rec.bytes_in:d},"bytes_out":{rec.bytes_out:d},'
-        f'"duration_ms":{(time.monotonic() - rec.started) * 1000:.3f},'
+        f'"duration_ms":{_duration(rec) * 1000:.3f},'
         f'"error":{_opt(rec.error)}{tail}'
     )
+
+
+def _duration(rec: AccessRecord) -> float:
+    return time.monotonic() - rec.started if rec.duration is None else rec.duration
 
 
 def _opt(value: str | None) -> str:

@@ -153,6 +153,7 @@ class OutboundRouter:
         state = self._service(service)
         route = Route(target.path, headers, (), service, websocket, state.policy)
         route.budget = state.budget
+        route.source = self.source_service
         route.guards = state.guards
         state.budget.record_request(trio.current_time())
         if state.needs_info:
