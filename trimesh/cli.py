@@ -19,6 +19,7 @@ from trimesh.config import Config, ConfigError, load, registry_url
 from trimesh.config.load import merge, serving_problems
 from trimesh.config.reload import RawSource, local_layers
 from trimesh.mesher_import import add_import_command, run_import_command
+from trimesh.observe.introspect import JsonFormatter
 from trimesh.observe.logsink import SinkHandler, flush_std_sinks, std_sink
 from trimesh.registry_cli import add_registry_commands, run_registry_command
 from trimesh.route_cli import add_route_commands, run_route_command
@@ -136,7 +137,7 @@ def _serve(config: Config, source: RawSource, path: Path | None) -> int:
     """Run the sidecar; it re-reads `source` (file < env < CLI) on SIGHUP or a file change."""
     from trimesh.sidecar import Sidecar
 
-    _log_to_stderr(config.log_level)
+    _log_to_stderr(config.log_level, config.observe.log_format)
     try:
         trio.run(_run, Sidecar(config, reload_source=source, config_path=path))
     except (OSError, BaseExceptionGroup) as exc:
@@ -152,13 +153,16 @@ def _serve(config: Config, source: RawSource, path: Path | None) -> int:
     return 0
 
 
-def _log_to_stderr(level: str) -> None:
+def _log_to_stderr(level: str, log_format: str = "text") -> None:
     """The program log goes to stderr through a queue and a writer thread, never blocking.
 
     The access log on stderr shares that queue (`std_sink`), see trimesh/observe/logsink.py.
     """
     handler = SinkHandler(std_sink("stderr"))
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     logging.captureWarnings(True)  # else `warnings` would write to stderr directly
 

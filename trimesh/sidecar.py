@@ -12,6 +12,8 @@ root nursery (Sidecar.run)
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import logging
 import secrets
 import signal
@@ -22,7 +24,7 @@ from pathlib import Path
 import attrs
 import trio
 
-from trimesh.admin import AdminRoutes, AdminSettings, run_admin, version_body
+from trimesh.admin import AdminRequest, AdminRoutes, AdminSettings, run_admin, version_body
 from trimesh.config.centre import ConfigCentre
 from trimesh.config.model import Address, Config, ServiceConfig
 from trimesh.config.reload import ConfigWatcher, RawSource
@@ -39,7 +41,8 @@ from trimesh.http.exchange import Policy
 from trimesh.http.pool import UpstreamPool
 from trimesh.http.route import Router
 from trimesh.inbound.router import InboundRouter
-from trimesh.observe.accesslog import AccessLog
+from trimesh.observe.accesslog import AccessLog, AccessRecord
+from trimesh.observe.introspect import count_tasks, jsonable, task_tree
 from trimesh.outbound.router import OutboundRouter
 from trimesh.policy.ratelimit import InboundLimiter, RateLimit
 from trimesh.policy.routing import RouteRule
@@ -95,6 +98,9 @@ class Sidecar:
             for _ in range(2)
         ]
         self.drain = Drain()
+        # Called with every finished request's record (metrics, live figures).
+        self.observers: tuple[Callable[[AccessRecord], None], ...] = ()
+        self._contexts: dict[str, ListenerContext] = {}
         self.bound: Bound | None = None
         self._stop = trio.Event()
         c = config
@@ -160,14 +166,17 @@ class Sidecar:
             allow_underscores=c.limits.allow_underscores,
             draining=lambda: self.drain.draining,
         )
-        return ListenerContext(
+        ctx = ListenerContext(
             router=router,
             limits=c.limits,
             policy=policy,
             pool=pool,
             access_log=self.access_log,
             drain=self.drain,
+            observers=self.observers,
         )
+        self._contexts[router.direction] = ctx
+        return ctx
 
     async def run(
         self,
@@ -208,6 +217,8 @@ class Sidecar:
                         write_timeout=c.limits.header_timeout,
                         max_connections=c.limits.admin_max_connections,
                         via_tokens=(self.via_token("outbound"), self.via_token("inbound")),
+                        token=c.listen.admin_token,
+                        token_for_all=not _on_loopback(c.listen.admin[0]),
                     ),
                 )
                 async with trio.open_nursery() as handlers:
@@ -316,8 +327,52 @@ class Sidecar:
         routes.add("/v1/registry", lambda: (200, self.discovery.state()))
         routes.add_prefix("/v1/mesher/routeRule/", self._route_rules)
         routes.add("/v1/policies", self._policies)
-        routes.add("/v1/config", self._config_status)
+        routes.add("/v1/config", self._config_view)
+        routes.add("/v1/connections", self._connections)
+        routes.add("/debug/tasks", self._tasks)
+        routes.add_request("/v1/log-level", self._log_level, (b"GET", b"PUT", b"POST"))
         return routes
+
+    def _config_view(self) -> tuple[int, object]:
+        """The effective configuration (secrets redacted) and how live reload is doing."""
+        watcher = self.config_watcher
+        reload = {"enabled": False} if watcher is None else {"enabled": True, **watcher.status()}
+        return 200, {"config": jsonable(self.config), "reload": reload}
+
+    def _connections(self) -> tuple[int, object]:
+        """Open downstream connections per listener, and upstream ones per endpoint."""
+        now = trio.current_time()
+        down = {
+            name: [
+                {
+                    "id": conn_id,
+                    "peer": info.peer,
+                    "age": round(now - info.opened, 3),
+                    "requests": info.requests,
+                    "state": info.state,
+                }
+                for conn_id, info in sorted(ctx.conns.items())
+            ]
+            for name, ctx in self._contexts.items()
+        }
+        up = {name: self.pools[i].view(now) for i, name in enumerate(("outbound", "inbound"))}
+        return 200, {"downstream": down, "upstream": up}
+
+    def _tasks(self) -> tuple[int, object]:
+        tree = task_tree()
+        return 200, {"tasks": count_tasks(tree), "tree": tree}
+
+    def _log_level(self, request: AdminRequest) -> tuple[int, object]:
+        """GET the program's log level, or PUT/POST `{"level": "debug"}` (or `?level=debug`)."""
+        root = logging.getLogger()
+        if request.method in (b"GET", b"HEAD"):
+            return 200, {"level": logging.getLevelName(root.level).lower()}
+        level = _requested_level(request)
+        if level not in LOG_LEVELS:
+            return 400, {"error": f"level must be one of {', '.join(LOG_LEVELS)}, got {level!r}"}
+        root.setLevel(level.upper())
+        log.warning("log level set to %s through the admin API", level)
+        return 200, {"level": level}
 
     def _policies(self) -> tuple[int, object]:
         """Breaker, ejection, bulkhead and rate-limit state per target service, and inbound's."""
@@ -330,13 +385,6 @@ class Sidecar:
             "inbound": {"rate_limit": _limiter_view(self.inbound.limiter)},
             "egress": self.outbound.egress.view(),
         }
-
-    def _config_status(self) -> tuple[int, object]:
-        """Whether live reload runs, and how its last reloads went."""
-        watcher = self.config_watcher
-        if watcher is None:
-            return 200, {"reload": False}
-        return 200, {"reload": True, **watcher.status()}
 
     def _route_rules(self, service: str) -> tuple[int, object]:
         """Mesher's `GET /v1/mesher/routeRule/{service}`: the rules in force, 404 if none."""
@@ -428,6 +476,22 @@ async def _accept_loop(
             handlers.start_soon(handler, stream)
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _requested_level(request: AdminRequest) -> str | None:
+    for part in request.query.split("&"):
+        name, _, value = part.partition("=")
+        if name == "level":
+            return value.lower()
+    try:
+        body = json.loads(request.body or b"null")
+    except ValueError:
+        return None
+    level = body.get("level") if isinstance(body, dict) else body
+    return level.lower() if isinstance(level, str) else None
+
+
 def _limiter(config: Config, now: float) -> InboundLimiter | None:
     """`inbound.rate_limit`'s buckets (they start full), or None when it sets no limit."""
     limits = config.inbound.rate_limit
@@ -449,6 +513,13 @@ def _limiter_view(limiter: InboundLimiter | None) -> dict[str, object] | None:
         "per_source": {k: view(v) for k, v in sorted(limiter.limits.per_source.items())},
         "refused": limiter.refused,
     }
+
+
+def _on_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _own_addresses(bound: Bound) -> frozenset[tuple[str, int]]:

@@ -97,6 +97,27 @@ class UpstreamPool:
             found = self.endpoints[endpoint] = EndpointState()
         return found
 
+    def view(self, now: float) -> dict[str, dict[str, object]]:
+        """Per endpoint: requests in flight (one connection each) and the idle connections."""
+        out: dict[str, dict[str, object]] = {}
+        for endpoint in sorted({*self.endpoints, *self._idle}):
+            state = self.endpoints.get(endpoint)
+            idle = self._idle.get(endpoint, ())
+            if not idle and (state is None or state.in_flight <= 0):
+                continue
+            out[f"{endpoint[0]}:{endpoint[1]}"] = {
+                "active": 0 if state is None else max(state.in_flight, 0),
+                "idle": [
+                    {"id": c.id, "requests": c.requests, "idle_for": round(now - c.idle_since, 3)}
+                    for c in idle
+                ],
+            }
+        return out
+
+    def active_count(self) -> int:
+        """Attempts in flight, each holding one connection."""
+        return sum(max(s.in_flight, 0) for s in self.endpoints.values())
+
     def idle_count(self, endpoint: Endpoint | None = None) -> int:
         if endpoint is not None:
             return len(self._idle.get(endpoint, ()))
