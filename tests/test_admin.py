@@ -55,7 +55,9 @@ class Client:
         headers: list[tuple[bytes, bytes]] | None = None,
         body: bytes = b"",
     ) -> tuple[h11.Response, bytes]:
-        fields = [(b"host", b"admin"), *(headers or [])]
+        given = headers or []
+        host = [] if any(n == b"host" for n, _ in given) else [(b"host", b"127.0.0.1")]
+        fields = [*host, *given]
         if body:
             fields.append((b"content-length", b"%d" % len(body)))
         data = self.conn.send(h11.Request(method=method, target=target, headers=fields)) or b""
@@ -150,7 +152,7 @@ async def test_a_client_that_does_not_read_is_dropped_and_frees_its_slot(
     _, port = await _start(nursery, routes, write_timeout=0.2, max_connections=1)
     with trio.fail_after(10):
         stuck = await _stuck_reader(port)
-        await stuck.send_all(b"GET /big HTTP/1.1\r\nHost: admin\r\n\r\n")
+        await stuck.send_all(b"GET /big HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         # While it holds the only slot, others are refused; once dropped, served.
         statuses = await _statuses_until_served(port)
         assert set(statuses[:-1]) == {503}
@@ -242,3 +244,20 @@ async def test_run_admin_reports_its_port_and_stops_when_cancelled() -> None:
             nursery.cancel_scope.cancel()
         with pytest.raises(OSError):
             await trio.open_tcp_stream("127.0.0.1", port)
+
+
+async def test_a_hostname_is_refused_on_loopback_against_dns_rebinding(
+    nursery: trio.Nursery,
+) -> None:
+    _, port = await _start(nursery, _routes())
+    for host, status in [
+        (b"attacker.example:%d" % port, 403),
+        (b"localhost:%d" % port, 200),
+        (b"127.0.0.1", 200),
+        (b"[::1]:%d" % port, 200),
+    ]:
+        with trio.fail_after(5):
+            client = await Client.connect(port)
+            async with client.stream:
+                response, _ = await client.ask(b"GET", b"/health", [(b"host", host)])
+        assert response.status_code == status, host

@@ -331,7 +331,7 @@ async def _health(port: int) -> int:
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     conn = h11.Connection(h11.CLIENT)
     async with stream:
-        request = h11.Request(method="GET", target="/health", headers=[("host", "admin")])
+        request = h11.Request(method="GET", target="/health", headers=[("host", "127.0.0.1")])
         await stream.send_all((conn.send(request) or b"") + (conn.send(h11.EndOfMessage()) or b""))
         while not isinstance(event := conn.next_event(), h11.Response):
             assert event is h11.NEED_DATA

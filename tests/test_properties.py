@@ -27,12 +27,13 @@ from tests.servers import Seen, Upstream
 from tests.test_adversarial import outbound_port, parse_responses, read_to_close, send_quietly
 from trimesh.config.model import Limits
 from trimesh.http.headers import HOP_BY_HOP, filter_trailers
+from trimesh.observe.tracing import HEADERS as TRACE_HEADERS
 
 # Headers a proxy may add or rewrite on a request / a response (RFC 9110 7.6).
 REQUEST_REWRITES = frozenset(
     {b"host", b"via", b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto",
      b"x-forwarded-port", b"x-cse-context", b"content-length", b"transfer-encoding",
-     b"x-trimesh-deadline-ms"}
+     b"x-trimesh-deadline-ms"} | TRACE_HEADERS  # trace context is continued, not copied
 )  # fmt: skip
 RESPONSE_REWRITES = frozenset({b"via", b"content-length", b"connection"})
 

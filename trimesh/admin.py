@@ -16,9 +16,10 @@ can never reach the admin endpoints (loops, SSRF).
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import attrs
@@ -58,6 +59,7 @@ class AdminRequest:
 
 
 RequestHandler = Callable[[AdminRequest], tuple[int, Any]]
+AsyncHandler = Callable[[AdminRequest], Awaitable[tuple[int, Any]]]
 
 
 class AdminRoutes:
@@ -68,6 +70,12 @@ class AdminRoutes:
         self.prefixes: dict[str, Callable[[str], tuple[int, Any]]] = {}
         # Handlers that see the request, and the methods each accepts.
         self.requests: dict[str, tuple[RequestHandler, frozenset[bytes]]] = {}
+        # GET handlers that must await (work moved off the loop, e.g. a metrics scrape).
+        self.awaiting: dict[str, AsyncHandler] = {}
+
+    def add_async(self, path: str, handler: AsyncHandler) -> None:
+        """`await handler(request)` answers GET/HEAD `path`; it owns its own deadline."""
+        self.awaiting[path] = handler
 
     def add(self, path: str, handler: Handler) -> None:
         self.routes[path] = handler
@@ -110,7 +118,12 @@ class AdminRoutes:
             handler = self._prefixed(path)
         if handler is None:
             endpoints = sorted(
-                [*self.routes, *self.requests, *(f"{p}{{name}}" for p in self.prefixes)]
+                [
+                    *self.routes,
+                    *self.requests,
+                    *self.awaiting,
+                    *(f"{p}{{name}}" for p in self.prefixes),
+                ]
             )
             return 404, {"error": f"no admin endpoint {path}", "endpoints": endpoints}
         if method not in (b"GET", b"HEAD"):
@@ -227,7 +240,7 @@ class AdminServer:
             if received is None:
                 return  # closed, or no request within header_timeout
             request, body = received
-            status, payload, content_type = self._answer(request, body)
+            status, payload, content_type = await self._answer(request, body)
             answer = _response(conn, request.method, status, payload, content_type)
             if not await self._send(stream, answer):
                 return
@@ -235,17 +248,28 @@ class AdminServer:
                 return
             conn.start_next_cycle()
 
-    def _answer(self, request: h11.Request, body: bytes) -> tuple[int, bytes, bytes]:
+    async def _answer(self, request: h11.Request, body: bytes) -> tuple[int, bytes, bytes]:
         json_type = b"application/json"
         if any(via_has(request.headers, token) for token in self.settings.via_tokens):
             refused = {"error": "request came through this sidecar's proxy listener"}
             return 403, _json(refused), json_type
         headers = {name.lower(): value for name, value in request.headers}
+        if not self.settings.token_for_all and not _local_host(headers.get(b"host", b"")):
+            # A web page whose own name was pointed at 127.0.0.1 (DNS rebinding) must
+            # not read the admin API: on loopback, answer only to an IP or localhost.
+            refused = {"error": "the admin listener answers to an IP address or localhost"}
+            return 403, _json(refused), json_type
         denied = self._authorize(request.method, headers)
         if denied is not None:
             return denied[0], _json({"error": denied[1]}), json_type
         try:
-            status, answer = self.routes.answer(request.method, request.target, headers, body)
+            waiting = self.routes.awaiting.get(_path(request.target))
+            if waiting is not None and request.method in (b"GET", b"HEAD"):
+                query = request.target.partition(b"?")[2].decode("ascii", "replace")
+                ask = AdminRequest(request.method, _path(request.target), query, headers, body)
+                status, answer = await waiting(ask)
+            else:
+                status, answer = self.routes.answer(request.method, request.target, headers, body)
             if isinstance(answer, Raw):
                 return status, answer.body, answer.content_type.encode()
             return status, _json(answer), json_type
@@ -363,6 +387,13 @@ def _response(
     ]
     if status == 401:
         headers.append((b"www-authenticate", b'Bearer realm="trimesh admin"'))
+    if not content_type.startswith(b"application/json"):
+        # The dashboard's files: only our own origin may load or frame them.
+        headers += [
+            (b"content-security-policy", b"default-src 'self'; frame-ancestors 'none'"),
+            (b"x-content-type-options", b"nosniff"),
+            (b"referrer-policy", b"no-referrer"),
+        ]
     if status == 405:
         headers.append((b"allow", b"GET, HEAD"))
     data = conn.send(h11.Response(status_code=status, headers=headers)) or b""
@@ -386,6 +417,23 @@ def _error(conn: h11.Connection, status: int, detail: object) -> bytes:
 
 def _json(body: Any) -> bytes:
     return json.dumps(body, indent=1).encode() + b"\n"
+
+
+def _local_host(host: bytes) -> bool:
+    """Whether a Host header names an IP literal or localhost (any port), or is absent."""
+    if not host:
+        return True
+    name = host.decode("ascii", "replace").lower()
+    if name.startswith("["):
+        return "]" in name  # an IPv6 literal
+    name = name.rsplit(":", 1)[0]
+    if name == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _path(target: bytes) -> str:

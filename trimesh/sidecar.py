@@ -17,6 +17,7 @@ import json
 import logging
 import secrets
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
@@ -24,10 +25,18 @@ from pathlib import Path
 import attrs
 import trio
 
-from trimesh.admin import AdminRequest, AdminRoutes, AdminSettings, run_admin, version_body
+from trimesh.admin import (
+    AdminRequest,
+    AdminRoutes,
+    AdminSettings,
+    Raw,
+    run_admin,
+    version_body,
+)
 from trimesh.config.centre import ConfigCentre
 from trimesh.config.model import Address, Config, ServiceConfig
 from trimesh.config.reload import ConfigWatcher, RawSource
+from trimesh.discovery.base import Instance
 from trimesh.discovery.cache import InstanceCache
 from trimesh.discovery.factory import build_registry, instance_filter, registration_for
 from trimesh.discovery.health import health_loop, health_target
@@ -41,8 +50,13 @@ from trimesh.http.exchange import Policy
 from trimesh.http.pool import UpstreamPool
 from trimesh.http.route import Router
 from trimesh.inbound.router import InboundRouter
+from trimesh.observe import dashboard
 from trimesh.observe.accesslog import AccessLog, AccessRecord
 from trimesh.observe.introspect import count_tasks, jsonable, task_tree
+from trimesh.observe.live import LiveStats
+from trimesh.observe.metrics import MeshState, Metrics
+from trimesh.observe.tracing import HEADERS as TRACE_HEADERS
+from trimesh.observe.tracing import Tracer
 from trimesh.outbound.router import OutboundRouter
 from trimesh.policy.ratelimit import InboundLimiter, RateLimit
 from trimesh.policy.routing import RouteRule
@@ -98,12 +112,36 @@ class Sidecar:
             for _ in range(2)
         ]
         self.drain = Drain()
-        # Called with every finished request's record (metrics, live figures).
-        self.observers: tuple[Callable[[AccessRecord], None], ...] = ()
+        # Every finished request's record feeds the metrics and the live figures.
+        self.metrics = Metrics(
+            mesher_names=config.observe.metrics.mesher_names,
+            snapshot=self.mesh_state,
+            service=config.service.name,
+            app=config.service.app,
+            version=config.service.version,
+        )
+        self.live = LiveStats()
+        self.observers: tuple[Callable[[AccessRecord], None], ...] = (
+            self.metrics.observe,
+            self.live.observe,
+        )
         self._contexts: dict[str, ListenerContext] = {}
         self.bound: Bound | None = None
         self._stop = trio.Event()
         c = config
+        tracing = c.observe.tracing
+        self.tracer: Tracer | None = None
+        if tracing.propagate:
+            self.tracer = Tracer(
+                tracing,
+                service=c.service.name,
+                instance_id=f"{c.service.name}-{self.instance_token}",
+                app=c.service.app,
+                version=c.service.version,
+                on_dropped=self._spans_dropped,
+            )
+        trace_headers = TRACE_HEADERS if self.tracer is not None else frozenset()
+        self.spans_dropped = 0
         self.outbound = OutboundRouter(
             self.cache,
             via_token=self.via_token("outbound"),
@@ -116,6 +154,7 @@ class Sidecar:
             states=self.pools[0].state,
             source_tags=source_tags(c.service),
             egress=c.egress,
+            replace_headers=trace_headers,
         )
         own_hosts = [h for h in (c.listen.advertise, c.listen.inbound[0]) if h]
         self.inbound = InboundRouter(
@@ -126,6 +165,52 @@ class Sidecar:
             allow_underscores=c.limits.allow_underscores,
             # Built before trio's clock runs: time 0, which only means "full".
             limiter=_limiter(c, 0.0),
+            replace_headers=trace_headers,
+        )
+
+    def _spans_dropped(self, count: int) -> None:
+        self.spans_dropped += count
+        self.metrics.count_dropped_spans(count)
+
+    def mesh_state(self) -> MeshState:
+        """What a scrape reads besides the request counters (see trimesh/observe/metrics.py)."""
+        now = trio.current_time()
+        services = sorted(self.outbound.services.items())
+        guards = [(name, state.guards) for name, state in services]
+        instances: dict[tuple[str, str], int] = {}
+        for name, found in self.cache.snapshot().items():
+            for instance in found:
+                key = (name, instance.status)
+                instances[key] = instances.get(key, 0) + 1
+        static = isinstance(self.registry, StaticRegistry)
+        inbound_limiter = self.inbound.limiter
+        return MeshState(
+            upstream_connections={
+                "active": sum(p.active_count() for p in self.pools),
+                "idle": sum(p.idle_count() for p in self.pools),
+            },
+            downstream_connections={n: len(ctx.conns) for n, ctx in self._contexts.items()},
+            registry_up=None if static else self.discovery.last_error is None,
+            registry_instances=instances,
+            registry_heartbeat_failures=self.discovery.heartbeat_failures,
+            registry_watch_restarts=self.discovery.watch_restarts,
+            retry_budget_exhausted={n: s.budget.exhausted for n, s in services},
+            circuit_state={n: _CIRCUIT[g.breaker.state(now)] for n, g in guards},
+            circuit_rejected={n: g.circuit_rejected for n, g in guards},
+            bulkhead_rejected={n: g.over_concurrency for n, g in guards},
+            rate_limited={
+                **{("outbound", n): g.rate_limited for n, g in guards},
+                **(
+                    {("inbound", self.config.service.name): inbound_limiter.refused}
+                    if inbound_limiter is not None
+                    else {}
+                ),
+            },
+            ejections={n: g.outlier.ejections for n, g in guards},
+            faults_injected={
+                (n, kind): count for n, g in guards for kind, count in g.faults.items()
+            },
+            log_lines_dropped=self.access_log.dropped,
         )
 
     def apply_config(self, new: Config) -> None:
@@ -174,6 +259,7 @@ class Sidecar:
             access_log=self.access_log,
             drain=self.drain,
             observers=self.observers,
+            tracer=self.tracer,
         )
         self._contexts[router.direction] = ctx
         return ctx
@@ -195,6 +281,9 @@ class Sidecar:
                     root.start_soon(pool.reaper)
                 if self.access_log.enabled:
                     root.start_soon(self.access_log.flusher)
+                exporter = None if self.tracer is None else self.tracer.exporter
+                if exporter is not None:
+                    root.start_soon(exporter.run, name="trace-exporter")
                 if self.reload_source is not None:
                     self.config_watcher = ConfigWatcher(
                         self.reload_source,
@@ -261,6 +350,10 @@ class Sidecar:
                         c.listen.drain_timeout,
                     )
                     handlers.cancel_scope.deadline = trio.current_time() + c.listen.drain_timeout
+                if exporter is not None:
+                    # What is left of the drain deadline; spans not sent by then are counted.
+                    with trio.CancelScope(deadline=handlers.cancel_scope.deadline):
+                        await exporter.flush()
                 root.cancel_scope.cancel()
         finally:
             with trio.move_on_after(1, shield=True):
@@ -329,8 +422,14 @@ class Sidecar:
         routes.add("/v1/policies", self._policies)
         routes.add("/v1/config", self._config_view)
         routes.add("/v1/connections", self._connections)
+        routes.add("/v1/services", self._services)
+        routes.add("/v1/overview", self._overview)
+        routes.add_async("/metrics", self._metrics)
+        routes.add_async("/v1/mesher/metrics", self._metrics)
         routes.add("/debug/tasks", self._tasks)
         routes.add_request("/v1/log-level", self._log_level, (b"GET", b"PUT", b"POST"))
+        for path in ("/", "/dashboard.js", "/dashboard.css"):
+            routes.add(path, partial(_dashboard_asset, path))
         return routes
 
     def _config_view(self) -> tuple[int, object]:
@@ -357,6 +456,56 @@ class Sidecar:
         }
         up = {name: self.pools[i].view(now) for i, name in enumerate(("outbound", "inbound"))}
         return 200, {"downstream": down, "upstream": up}
+
+    async def _metrics(self, request: AdminRequest) -> tuple[int, object]:
+        """Prometheus text, or OpenMetrics when the scraper's Accept asks for it."""
+        accept = request.headers.get(b"accept", b"").decode("latin-1") or None
+        with trio.move_on_after(self.config.limits.header_timeout):
+            content_type, body = await self.metrics.render_off_loop(accept)
+            return 200, Raw(content_type, body)
+        return 503, {"error": "rendering the metrics took too long"}
+
+    def _services(self) -> tuple[int, object]:
+        """Every service this sidecar knows: instances, and the last minute's figures."""
+        live = self.live.view(time.monotonic())
+        known = self.cache.snapshot()
+        names = sorted(set(known) | set(live) - {"unknown"})
+        return 200, {
+            name: {
+                "instances": [_instance(i) for i in known.get(name, ())],
+                "live": live.get(name),
+            }
+            for name in names
+        }
+
+    def _overview(self) -> tuple[int, object]:
+        """Everything the dashboard shows, in one answer (see docs/dashboard.md)."""
+        now = trio.current_time()
+        registration = self.discovery.state()["registration"] or {}
+        services: dict[str, object] = self._services()[1]  # type: ignore[assignment]
+        for name, state in self.outbound.services.items():
+            entry = services.setdefault(name, {"instances": [], "live": None})
+            entry["policies"] = state.guards.snapshot(now)  # type: ignore[index]
+        bound = self.bound
+        return 200, {
+            "identity": {
+                "service": self.config.service.name,
+                "version": self.config.service.version,
+                "app": self.config.service.app,
+                "instance": registration.get("instance_id") or self.instance_token,
+                "listeners": None
+                if bound is None
+                else {k: f"{h}:{p}" for k, (h, p) in attrs.asdict(bound).items()},
+                "registry": {
+                    "type": self.config.registry.type,
+                    "registered": self.discovery.registered,
+                    "error": self.discovery.last_error,
+                },
+                "draining": self.drain.draining,
+            },
+            "services": services,
+            "errors": self.live.recent_errors(50),
+        }
 
     def _tasks(self) -> tuple[int, object]:
         tree = task_tree()
@@ -477,6 +626,24 @@ async def _accept_loop(
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+_CIRCUIT = {"closed": 0, "half-open": 1, "open": 2}
+
+
+def _instance(i: Instance) -> dict[str, object]:
+    return {
+        "id": i.instance_id,
+        "address": f"{i.host}:{i.port}",
+        "version": i.version,
+        "status": i.status,
+        "lease_age": None if i.lease_age is None else round(i.lease_age, 3),
+    }
+
+
+def _dashboard_asset(path: str) -> tuple[int, object]:
+    found = dashboard.asset(path)
+    if found is None:
+        return 404, {"error": f"no dashboard file {path}"}
+    return 200, Raw(*found)
 
 
 def _requested_level(request: AdminRequest) -> str | None:

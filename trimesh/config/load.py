@@ -32,6 +32,7 @@ from trimesh.config.model import (
 )
 from trimesh.config.policies import parse_policies
 from trimesh.discovery.trust import this_machine_only
+from trimesh.observe.tracing import parse_tracing
 from trimesh.outbound.egress import parse_egress
 from trimesh.policy.match import ConfigProblems
 from trimesh.policy.ratelimit import parse_inbound_rate_limit
@@ -165,6 +166,7 @@ SCHEMA: Schema = {
         "access_log": _access_log,
         "log_format": p.choice("text", "json"),
         "metrics": {"mesher_names": p.boolean},
+        "tracing": lambda v: parse_tracing(v, "observe.tracing"),
     },
     # These two validate themselves and name their own key paths.
     "routes": parse_routes,

@@ -13,6 +13,7 @@ from typing import Literal
 import attrs
 
 from trimesh.config.policies import PolicyBook
+from trimesh.observe.tracing import TracingConfig
 from trimesh.outbound.egress import EgressPolicy
 from trimesh.policy.ratelimit import InboundLimits
 from trimesh.policy.routing import RouteRule
@@ -147,6 +148,8 @@ class ObserveConfig:
     # The program log: "text" lines or "json" objects (with trace_id/span_id in a request).
     log_format: Literal["text", "json"] = "text"
     metrics: MetricsConfig = attrs.field(factory=MetricsConfig)
+    # Trace propagation (on) and span export (off); see docs/tracing.md.
+    tracing: TracingConfig = attrs.field(factory=TracingConfig)
 
 
 @attrs.frozen

@@ -121,6 +121,9 @@ class Discovery:
         self.app = app
         self.instance_id: str | None = None
         self.registered = False
+        # For metrics: failed registrations/heartbeats, and watches started again.
+        self.heartbeat_failures = 0
+        self.watch_restarts = 0
         self.last_error: str | None = None
         self._me = me
         self._backoff = backoff
@@ -211,6 +214,7 @@ class Discovery:
                     return  # the registry's owner closed it: the session is over
                 except Exception as exc:
                     delay = backoff.delay()
+                    self.heartbeat_failures += 1
                     self._failed("keep registered", exc, delay)
                     self._drop_lapsed_lease(me)
                 else:
@@ -337,6 +341,7 @@ class Discovery:
             except Exception as error:
                 exc = error
             delay = backoff.delay()
+            self.watch_restarts += 1
             watched.error = str(exc)
             self._failed(f"watch {key}", exc, delay)
             await trio.sleep(delay)

@@ -41,10 +41,12 @@ from trimesh.http.governance import governed
 from trimesh.http.guard import NO_BODY
 from trimesh.http.pool import UpstreamPool
 from trimesh.http.relay import Tunnel
-from trimesh.http.route import Router
+from trimesh.http.route import Route, Router
 from trimesh.http.target import Target
 from trimesh.http.tunnel import splice
 from trimesh.observe.accesslog import AccessLog, AccessRecord
+from trimesh.observe.introspect import current_trace
+from trimesh.observe.tracing import Span, Tracer, extract, inject
 
 log = logging.getLogger("trimesh.connection")
 _conn_ids = count(1)
@@ -90,6 +92,8 @@ class ListenerContext:
     conns: dict[int, ConnInfo] = attrs.field(factory=dict)
     # Called with each finished request's record before the access log (metrics, live stats).
     observers: tuple[Callable[[AccessRecord], None], ...] = ()
+    # Trace propagation and spans; None when `observe.tracing.propagate` is off.
+    tracer: Tracer | None = None
 
 
 async def serve_connection(stream: hs.ByteStream, ctx: ListenerContext) -> None:
@@ -186,8 +190,10 @@ async def _one_request(
         path=request.target.decode("ascii", "replace"),
     )
     outcome: bool | Tunnel = False
+    span = _request_span(ctx, request, rec)
+    token = None if span is None else current_trace.set((rec.trace_id or "", rec.span_id or ""))
     try:
-        outcome = await _in_request_scope(down, ctx, request, fixed, rec)
+        outcome = await _in_request_scope(down, ctx, request, fixed, rec, span)
     except ProxyError as exc:
         rec.error, rec.status = exc.kind, exc.status
         return await _send_rescue(down, exc, conn_id, head=request.method == b"HEAD")
@@ -195,12 +201,28 @@ async def _one_request(
         rec.error = rec.error or "downstream-disconnect"
         return False
     finally:
+        if span is not None:
+            span.set_response(rec.status, rec.error)
+            span.end()  # a tunnel's span ends at its 101, not when it closes
+        if token is not None:
+            current_trace.reset(token)
         if not isinstance(outcome, Tunnel):
             _finished(ctx, rec)
     if isinstance(outcome, Tunnel):
         await _tunnel(down, ctx, outcome, rec)
         return False
     return outcome
+
+
+def _request_span(ctx: ListenerContext, request: h11.Request, rec: AccessRecord) -> Span | None:
+    """The request's span here: `server` inbound, the parent of every attempt outbound."""
+    tracer = ctx.tracer
+    if tracer is None:
+        return None
+    inbound = ctx.router.direction == "inbound"
+    span = tracer.start(rec.method, "server" if inbound else "internal", extract(request.headers))
+    rec.trace_id, rec.span_id = span.context.trace_id, span.context.span_id
+    return span
 
 
 def _finished(ctx: ListenerContext, rec: AccessRecord) -> None:
@@ -217,6 +239,7 @@ async def _in_request_scope(
     request: h11.Request,
     fixed: Target | None,
     rec: AccessRecord,
+    span: Span | None = None,
 ) -> bool | Tunnel:
     """Route and forward inside the request scope (a disconnect cancels it)."""
     policy = ctx.policy  # one snapshot for the whole request
@@ -227,6 +250,8 @@ async def _in_request_scope(
         try:
             route = await ctx.router.route(request, down.guard.framing, down.peer, fixed)
             rec.service, rec.source = route.service, route.source
+            if span is not None:
+                _traced(route, span, rec, ctx)
             return await governed(down, request, route, ctx.router, ctx.pool, policy, rec)
         finally:
             # Out of the scope, writes (error answers) get their own deadline.
@@ -235,6 +260,19 @@ async def _in_request_scope(
         down.gone = True
         raise DownstreamGone("client stopped reading")
     raise DownstreamGone("client disconnected")
+
+
+def _traced(route: Route, span: Span, rec: AccessRecord, ctx: ListenerContext) -> None:
+    """Describe the span; inbound, the app gets its context (outbound, each attempt's)."""
+    path = rec.path.partition("?")[0]
+    if ctx.router.direction == "inbound":
+        host = route.candidates[0].endpoint if route.candidates else ("", 0)
+        span.set_request(rec.method, path, host[0], host[1], route.source)
+        route.headers = [*route.headers, *inject(span.context)]
+    else:
+        span.name = f"{rec.method} {route.service}"
+        span.set_request(rec.method, path, route.service or "", None, route.service)
+        route.span, route.tracer = span, ctx.tracer
 
 
 async def _tunnel(

@@ -48,6 +48,7 @@ from trimesh.http.relay import Tunnel, commit, response_event, switch_event
 from trimesh.http.route import Candidate, Route, Router
 from trimesh.http.tunnel import valid_websocket_switch
 from trimesh.observe.accesslog import AccessRecord
+from trimesh.observe.tracing import Span, inject
 from trimesh.policy import deadline as pdeadline
 from trimesh.policy.balancer import cookie_value
 from trimesh.policy.retry import IDEMPOTENT_METHODS
@@ -310,6 +311,8 @@ class _Try:
     started: float = 0.0
     deadline: float = math.inf
     reported: bool = False
+    span: Span | None = None
+    failure: str | None = None
 
     async def send(self, ex: _Exchange, pool: UpstreamPool) -> None:
         """Connect if needed, then send the bodyless request."""
@@ -324,10 +327,11 @@ class _Try:
         self.started = trio.current_time()
         per_try = ex.route.policy.per_try_timeout
         self.deadline = math.inf if per_try is None else self.started + per_try
+        self.span = _attempt_span(ex, conn.endpoint)
         event = h11.Request(
             method=ex.request.method,
             target=ex.route.target,
-            headers=_headers(ex, self.deadline),
+            headers=_headers(ex, self.deadline, self.span),
             _parsed=True,
         )
         try:
@@ -357,6 +361,7 @@ class _Try:
             raise
 
     def _failed(self, ex: _Exchange, exc: _Stale | ProxyError) -> None:
+        self.failure = "stale-connection" if isinstance(exc, _Stale) else exc.kind
         if self.state is not None and not self.reported:
             self.state.failed(trio.current_time())
             self.reported = True
@@ -364,6 +369,9 @@ class _Try:
 
     async def drop(self) -> None:
         """This attempt lost or failed: close its connection, never pool it."""
+        if self.span is not None:
+            self.span.set_response(None, self.failure or "cancelled")
+            self.span.end()
         if self.state is not None and not self.reported:
             self.state.abandoned()
             self.reported = True
@@ -416,6 +424,8 @@ async def _hedged(
         outcome = await _committed(ex, won.conn, head)
         return outcome
     finally:
+        if won.span is not None:
+            _end_span(won.span, ex, outcome, won.failure)
         if not isinstance(outcome, Tunnel) and not (outcome is not None and pool.checkin(won.conn)):
             await hpool.close(won.conn)
 
@@ -523,11 +533,13 @@ async def _attempt(ex: _Exchange, conn: UpstreamConnection, pool: UpstreamPool) 
     started = trio.current_time()
     outcome: bool | Tunnel | None = None
     reported = False
+    span = _attempt_span(ex, conn.endpoint)
+    failure: str | None = None
     try:
         event = h11.Request(
             method=ex.request.method,
             target=ex.route.target,
-            headers=_headers(ex, ex.try_deadline),
+            headers=_headers(ex, ex.try_deadline, span),
             _parsed=True,
         )
         if ex.body is None:
@@ -548,20 +560,55 @@ async def _attempt(ex: _Exchange, conn: UpstreamConnection, pool: UpstreamPool) 
             state.failed(trio.current_time())
             reported = True
         _outlier_failed(ex, conn.endpoint, exc)
+        failure = "stale-connection" if isinstance(exc, _Stale) else exc.kind
+        raise
+    except _Retry as exc:
+        failure = f"retried-{exc.status}"
         raise
     finally:
+        if span is not None:
+            _end_span(span, ex, outcome, failure)
         if not reported:
             state.abandoned()
         if not isinstance(outcome, Tunnel) and not (outcome is not None and pool.checkin(conn)):
             await hpool.close(conn)
 
 
-def _headers(ex: _Exchange, try_deadline: float) -> list[tuple[bytes, bytes]]:
-    """The route's headers, plus the budget left (`x-trimesh-deadline-ms`) if there is one."""
+def _headers(
+    ex: _Exchange, try_deadline: float, span: Span | None = None
+) -> list[tuple[bytes, bytes]]:
+    """The route's headers, plus the budget left (`x-trimesh-deadline-ms`) if there is one,
+    plus this attempt's trace context."""
     end = min(ex.deadline, try_deadline)
-    if end == math.inf:
-        return ex.route.headers
-    return [*ex.route.headers, (pdeadline.HEADER, pdeadline.format(end - trio.current_time()))]
+    headers = ex.route.headers
+    if end != math.inf:
+        left = pdeadline.format(end - trio.current_time())
+        headers = [*headers, (pdeadline.HEADER, left)]
+    if span is not None:
+        headers = [*headers, *inject(span.context)]
+    return headers
+
+
+def _attempt_span(ex: _Exchange, endpoint: hpool.Endpoint) -> Span | None:
+    """A client span for one attempt (retries and hedges too), under the request's span."""
+    tracer, parent = ex.route.tracer, ex.route.span
+    if tracer is None or parent is None:
+        return None
+    span = tracer.start(ex.rec.method, "client", parent.context)
+    path = ex.rec.path.partition("?")[0]
+    span.set_request(ex.rec.method, path, endpoint[0], endpoint[1], ex.route.service)
+    return span
+
+
+def _end_span(
+    span: Span, ex: _Exchange, outcome: bool | Tunnel | None, failure: str | None
+) -> None:
+    """An attempt ended: committed (the response's status), failed, or cancelled."""
+    if outcome is not None:
+        span.set_response(ex.rec.status, None)
+    else:
+        span.set_response(None, failure or "cancelled")
+    span.end()
 
 
 async def _with_body(

@@ -24,6 +24,7 @@ from trimesh.policy.hedge import LatencyTracker
 
 if TYPE_CHECKING:
     from trimesh.http.governance import ServiceGuards
+    from trimesh.observe.tracing import Span, Tracer
 
 
 @attrs.frozen
@@ -56,6 +57,9 @@ class Route:
     sticky: Endpoint | None = None
     # The service's observed response-head latencies, when its policy hedges.
     latency: LatencyTracker | None = None
+    # Tracing: the request's span here, and the tracer attempts start their spans with.
+    span: Span | None = None
+    tracer: Tracer | None = None
     # The calling service: ours when outbound, the caller's (x-cse-context) when inbound.
     source: str | None = None
     # The target service's breaker, bulkhead, rate limit and outlier state; None: ungoverned.

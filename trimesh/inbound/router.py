@@ -52,6 +52,7 @@ class InboundRouter:
         own_hosts: Sequence[str] = (),
         allow_underscores: bool = False,
         limiter: InboundLimiter | None = None,
+        replace_headers: frozenset[bytes] = frozenset(),
     ) -> None:
         self.host = app.host
         self.default_port = app.default_port
@@ -61,6 +62,7 @@ class InboundRouter:
         # Host names that mean "this sidecar" besides our service name.
         self.own_hosts = frozenset(h.lower() for h in (*own_hosts, "localhost", service))
         self.allow_underscores = allow_underscores
+        self._replaced = REPLACED | replace_headers
         # `inbound.rate_limit`; replaced whole on a config reload.
         self.limiter = limiter
 
@@ -99,7 +101,7 @@ class InboundRouter:
             websocket=websocket,
             peer=peer,
             via_token=self.via_token,
-            drop=REPLACED,
+            drop=self._replaced,
             allow_underscores=self.allow_underscores,
         )
         port = self.app_port(received)

@@ -90,6 +90,7 @@ class OutboundRouter:
         source_tags: Mapping[str, str] | None = None,
         rng: random.Random | None = None,
         egress: EgressPolicy | None = None,
+        replace_headers: frozenset[bytes] = frozenset(),
     ) -> None:
         self.cache = cache
         self.discovery = discovery
@@ -99,6 +100,8 @@ class OutboundRouter:
         self._states = states if states is not None else _fresh_states()
         self._rng = rng or random.Random()
         self.services: dict[str, ServiceState] = {}
+        # Headers set anew, not passed through (ours, plus tracing's when it propagates).
+        self._replaced = REPLACED | replace_headers
         # Service state from before the last `reconfigure`, reused where its policy held.
         self._previous: dict[str, ServiceState] = {}
         self.egress = egress or EgressPolicy()
@@ -138,7 +141,7 @@ class OutboundRouter:
             websocket=websocket,
             peer=peer,
             via_token=self.via_token,
-            drop=REPLACED,
+            drop=self._replaced,
             allow_underscores=self.allow_underscores,
         )
         original_host = hh.get(received, b"host")
