@@ -144,6 +144,57 @@ def policies(rig: Rig) -> ScenarioResult:
     return res
 
 
+OBSERVE_TARGET = 0.90  # req/s with all observability on / all off, same run (issue 9)
+
+
+def observability(rig: Rig) -> ScenarioResult:
+    """Metrics, tracing (propagation and export at ratio 1) and the access log: on vs off."""
+    n = rig.connections
+    res = ScenarioResult(
+        "observability", f"{n} connections: metrics + tracing + access log on vs all off"
+    )
+    port = free_port()
+    script = Path(__file__).with_name("collector.py")
+    collector = rig.procs.start("collector", [sys.executable, str(script), str(port)], None)
+    wait_for_port(port, collector, 10, "span collector")
+    off = {
+        "observe": {
+            "access_log": "off",
+            "metrics": {"enabled": False},
+            "tracing": {"propagate": False},
+        }
+    }
+    tracing = {"exporter": "zipkin", "endpoint": f"http://{HOST}:{port}", "sample_ratio": 1.0}
+    variants = {
+        "observe-off": (off, False),
+        "observe-on": ({"observe": {"tracing": tracing}}, True),
+    }
+    started = []
+    eps = []
+    for name, (extra, logged) in variants.items():
+        sc = sidecar.start(
+            rig.procs, name, rig.upstream_port, rig.cores.proxy, access_log=logged, extra=extra
+        )
+        started.append(sc)
+        label = "all observability on (spans exported)" if logged else "all observability off"
+        eps.append(_endpoint(sc, label))
+    res.runs = measure_paths(rig.gen, eps, n, rig.duration, rig.warmup, rig.rounds)
+    for sc in started:
+        sc.stop(rig.procs)
+    ratio = res.runs["observe-on"].rps / res.runs["observe-off"].rps
+    res.figures.append(
+        Figure(
+            "req/s with observability on / off",
+            ratio,
+            "x",
+            f">= {OBSERVE_TARGET:.2f}",
+            ratio >= OBSERVE_TARGET,
+        )
+    )
+    _cpu_ratio(res, "observe-on", "observe-off", "CPU per request, observability on / off")
+    return res
+
+
 def _cpu_ratio(res: ScenarioResult, a: str, b: str, name: str) -> None:
     ca, cb = res.runs[a].cpu_us_per_request, res.runs[b].cpu_us_per_request
     if ca is not None and cb:

@@ -274,6 +274,12 @@ def _balancing(rig: Rig) -> ScenarioResult:
     return policies.balancing(rig)
 
 
+def _observability(rig: Rig) -> ScenarioResult:
+    from bench import policies
+
+    return policies.observability(rig)
+
+
 def _hedging(rig: Rig) -> ScenarioResult:
     from bench import policies
 
@@ -290,6 +296,11 @@ SCENARIOS: list[Scenario] = [
     ),
     Scenario("balancing", "round_robin vs least_request with one instance 10x slower", _balancing),
     Scenario("hedging", "p99 and extra load with and without hedging, one slow instance", _hedging),
+    Scenario(
+        "observability",
+        "req/s with metrics, tracing export and the access log on vs all off",
+        _observability,
+    ),
     Scenario(
         "profile",
         "cProfile of the sidecar under the throughput load (--profile)",

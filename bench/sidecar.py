@@ -59,6 +59,8 @@ def config(
     """
     if instances is None:
         instances = [{"address": f"{HOST}:{upstream_port}"}]
+    extra = dict(extra or {})
+    observe = {**extra.pop("observe", {}), "access_log": access_log}
     return {
         "listen": {
             "outbound": f"{HOST}:{free_port()}",
@@ -70,8 +72,8 @@ def config(
             "type": "static",
             "services": {SERVICE: instances},
         },
-        "observe": {"access_log": access_log},
-        **(extra or {}),
+        **extra,
+        "observe": observe,
     }
 
 

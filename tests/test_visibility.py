@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from tests.prometheus_server import PrometheusServer, find_prometheus
+from tests.rawserver import RawConn, RawUpstream
 from tests.servers import Seen, Upstream, sidecar_config, start_sidecar
 from tests.test_dashboard import CHROMIUM, chromium
 from tests.test_export import start_collector
@@ -131,11 +132,17 @@ async def test_one_trace_crosses_three_sidecars_with_parented_spans(
         ),
     )
     b_out.append(b)
+
+    async def hang_up(conn: RawConn) -> None:
+        await conn.next_request()  # read it, answer nothing: A retries on B
+
+    dead = RawUpstream(hang_up)
+    await nursery.start(dead.serve)
     _, a = await start_sidecar(
         nursery,
         sidecar_config(
             service={"name": "a"},
-            registry={"services": {"b": [f"127.0.0.1:{b.inbound[1]}"]}},
+            registry={"services": {"b": [f"127.0.0.1:{dead.port}", f"127.0.0.1:{b.inbound[1]}"]}},
             observe={"access_log": "off", "tracing": tracing},
         ),
     )
@@ -143,7 +150,7 @@ async def test_one_trace_crosses_three_sidecars_with_parented_spans(
         assert (await http.get("http://b/start")).status_code == 200
     spans: list[dict[str, Any]] = []
     with trio.fail_after(10):
-        while len(spans) < 6:  # A: request + attempt; B: server, request, attempt; C: server
+        while len(spans) < 5:  # A: request + retry; B: server, request; C: server
             seen = await collector.posts.receive()
             spans += json.loads(seen.body)
     assert len({s["traceId"] for s in spans}) == 1  # one trace
@@ -160,14 +167,16 @@ async def test_one_trace_crosses_three_sidecars_with_parented_spans(
         return names[::-1]
 
     deepest = max(spans, key=lambda s: len(chain(s)))
+    assert len(spans) == 5
     assert chain(deepest) == [
-        "a:INTERNAL",  # the request at A
-        "a:CLIENT",  # A's attempt to B
+        "a:CLIENT",  # the request at A (its first attempt met the dead instance)
+        "a:CLIENT",  # A's retry, a child span
         "b:SERVER",  # B's inbound
-        "b:INTERNAL",  # app B's call, at B's outbound
-        "b:CLIENT",  # B's attempt to C
+        "b:CLIENT",  # app B's call to C, one attempt: one span
         "c:SERVER",  # C's inbound
     ]
+    root = roots[0]
+    assert root["tags"]["http.response.status_code"] == "200"  # the request's outcome
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")

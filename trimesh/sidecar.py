@@ -122,8 +122,9 @@ class Sidecar:
         )
         self.live = LiveStats()
         self.observers: tuple[Callable[[AccessRecord], None], ...] = (
-            self.metrics.observe,
-            self.live.observe,
+            (self.metrics.observe, self.live.observe)
+            if config.observe.metrics.enabled
+            else ()
         )
         self._contexts: dict[str, ListenerContext] = {}
         self.bound: Bound | None = None

@@ -165,7 +165,7 @@ SCHEMA: Schema = {
     "observe": {
         "access_log": _access_log,
         "log_format": p.choice("text", "json"),
-        "metrics": {"mesher_names": p.boolean},
+        "metrics": {"enabled": p.boolean, "mesher_names": p.boolean},
         "tracing": lambda v: parse_tracing(v, "observe.tracing"),
     },
     # These two validate themselves and name their own key paths.

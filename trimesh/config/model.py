@@ -137,6 +137,8 @@ class RegistryConfig:
 
 @attrs.frozen
 class MetricsConfig:
+    # Count requests for /metrics, /v1/services and the dashboard (off: none of the three).
+    enabled: bool = True
     # Also expose Mesher's metric names, so Mesher's Grafana dashboards keep working.
     mesher_names: bool = False
 

@@ -33,6 +33,7 @@ from trimesh.errors import (
     UpstreamConnect,
     rescue,
 )
+from trimesh.http import headers as hh
 from trimesh.http import stream as hs
 from trimesh.http import synthetic
 from trimesh.http.downstream import Downstream
@@ -215,12 +216,14 @@ async def _one_request(
 
 
 def _request_span(ctx: ListenerContext, request: h11.Request, rec: AccessRecord) -> Span | None:
-    """The request's span here: `server` inbound, the parent of every attempt outbound."""
+    """The request's span here: `server` inbound; outbound a `client` span, the first
+    attempt's, with a child span for each further attempt."""
     tracer = ctx.tracer
     if tracer is None:
         return None
     inbound = ctx.router.direction == "inbound"
-    span = tracer.start(rec.method, "server" if inbound else "internal", extract(request.headers))
+    headers = hh.items(request.headers)
+    span = tracer.start(rec.method, "server" if inbound else "client", extract(headers))
     rec.trace_id, rec.span_id = span.context.trace_id, span.context.span_id
     return span
 

@@ -98,6 +98,8 @@ class _Exchange:
     disarm: list[trio.CancelScope] = attrs.Factory(list)
     committed: bool = False
     retries: int = 0
+    # Attempts started (stale, refused-then-connected, retries and hedges all count).
+    attempts: int = 0
     # The current attempt's per-try deadline (trio time; inf: none).
     try_deadline: float = math.inf
 
@@ -584,15 +586,23 @@ def _headers(
     if end != math.inf:
         left = pdeadline.format(end - trio.current_time())
         headers = [*headers, (pdeadline.HEADER, left)]
-    if span is not None:
-        headers = [*headers, *inject(span.context)]
+    context = span.context if span is not None else None
+    if context is None and ex.route.span is not None:
+        context = ex.route.span.context  # the first attempt is the request's own span
+    if context is not None:
+        headers = [*headers, *inject(context)]
     return headers
 
 
 def _attempt_span(ex: _Exchange, endpoint: hpool.Endpoint) -> Span | None:
-    """A client span for one attempt (retries and hedges too), under the request's span."""
+    """A child client span for each attempt after the first (retries, hedges).
+
+    A request answered by its first attempt is one span (the request's, a client
+    span): half the spans to record and export for the common case.
+    """
+    ex.attempts += 1
     tracer, parent = ex.route.tracer, ex.route.span
-    if tracer is None or parent is None:
+    if tracer is None or parent is None or ex.attempts == 1:
         return None
     span = tracer.start(ex.rec.method, "client", parent.context)
     path = ex.rec.path.partition("?")[0]

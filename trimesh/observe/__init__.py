@@ -1,1 +1,1 @@
-"""Observability: access log (metrics and tracing come later)."""
+"""Observability: access log, metrics, live figures, tracing and export, the dashboard."""

@@ -1,1 +1,1 @@
-"""Policies: sans-IO decisions (balancing today; retries, breakers, limits to come)."""
+"""Policies: sans-IO decisions (routing, balancing, retries, hedging, breakers, limits, faults)."""
