@@ -165,18 +165,28 @@ def observability(rig: Rig) -> ScenarioResult:
         }
     }
     tracing = {"exporter": "zipkin", "endpoint": f"http://{HOST}:{port}", "sample_ratio": 1.0}
+    sampled = {**tracing, "sample_ratio": 0.1}
     variants = {
-        "observe-off": (off, False),
-        "observe-on": ({"observe": {"tracing": tracing}}, True),
+        "observe-off": (off, False, "all observability off"),
+        "observe-default": ({}, False, "the defaults: metrics, trace propagation, no export"),
+        "observe-sampled": (
+            {"observe": {"tracing": sampled}},
+            True,
+            "metrics, access log, spans exported at sample_ratio 0.1",
+        ),
+        "observe-on": (
+            {"observe": {"tracing": tracing}},
+            True,
+            "metrics, access log, every span exported",
+        ),
     }
     started = []
     eps = []
-    for name, (extra, logged) in variants.items():
+    for name, (extra, logged, label) in variants.items():
         sc = sidecar.start(
             rig.procs, name, rig.upstream_port, rig.cores.proxy, access_log=logged, extra=extra
         )
         started.append(sc)
-        label = "all observability on (spans exported)" if logged else "all observability off"
         eps.append(_endpoint(sc, label))
     res.runs = measure_paths(rig.gen, eps, n, rig.duration, rig.warmup, rig.rounds)
     for sc in started:
@@ -192,6 +202,11 @@ def observability(rig: Rig) -> ScenarioResult:
         )
     )
     _cpu_ratio(res, "observe-on", "observe-off", "CPU per request, observability on / off")
+    off_rps = res.runs["observe-off"].rps
+    for name, what in (("observe-default", "defaults"), ("observe-sampled", "10% sampled")):
+        res.figures.append(
+            Figure(f"req/s with {what} / all off", res.runs[name].rps / off_rps, "x", summary=True)
+        )
     return res
 
 

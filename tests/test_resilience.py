@@ -413,3 +413,19 @@ async def test_reload_under_load_fails_no_request_and_rejects_a_bad_edit(
     assert third["applied"] == 1 and sidecar.config.listen.drain_delay == 0.01  # needs a restart
     assert third["pending_restart"] == ["listen"]
     sidecar.shutdown()
+
+
+async def test_policies_apply_to_egress_hosts_by_name(nursery: trio.Nursery) -> None:
+    outside = await app(nursery, "outside")
+    fault = {"abort": {"percent": 100, "status": 503}}
+    raw = sidecar_config(
+        egress={"allow": [{"hosts": ["localhost", "127.0.0.1"], "ports": [outside.port]}]},
+        policies={"services": {"localhost": {"fault": fault}}},
+    )
+    _, bound = await start_sidecar(nursery, raw)
+    async with client(bound) as http:
+        by_name = await http.get(f"http://localhost:{outside.port}/x")
+        by_address = await http.get(f"http://127.0.0.1:{outside.port}/x")
+    assert by_name.status_code == 503 and by_name.headers["x-trimesh-error"] == "fault-abort"
+    assert by_address.status_code == 200  # another host name: another policy
+    assert len(outside.seen) == 1

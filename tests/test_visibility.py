@@ -208,3 +208,32 @@ async def test_the_dashboard_shows_live_services_in_a_real_browser(
     stop.set()
     assert "orders" in dom and "web" in dom
     assert "Disconnected" not in dom or "hidden" in dom
+
+
+async def test_connect_errors_and_refused_connections_are_counted(
+    nursery: trio.Nursery,
+) -> None:
+    probe = trio.socket.socket()
+    await probe.bind(("127.0.0.1", 0))
+    closed_port = probe.getsockname()[1]
+    probe.close()  # nothing listens there: every connect fails
+    raw = sidecar_config(
+        registry={"services": {"orders": [f"127.0.0.1:{closed_port}"]}},
+        limits={"max_connections": 1},
+    )
+    _, bound = await start_sidecar(nursery, raw)
+    async with client(bound) as http:
+        assert (await http.get("http://orders/a")).status_code == 502
+        held = await trio.open_tcp_stream("127.0.0.1", bound.outbound[1])
+        async with held:
+            with trio.fail_after(5):
+                while True:  # the second connection is over the limit: refused
+                    extra = await trio.open_tcp_stream("127.0.0.1", bound.outbound[1])
+                    async with extra:
+                        answer = await extra.receive_some(1024)
+                    if b" 503 " in answer:
+                        break
+    async with admin(bound) as http:
+        text = (await http.get("/metrics")).text
+    assert 'trimesh_upstream_connect_errors_total{service="orders"} 1.0' in text
+    assert 'trimesh_connections_refused_total{listener="outbound",reason="max-connections"}' in text

@@ -12,6 +12,7 @@ root nursery (Sidecar.run)
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import json
 import logging
@@ -122,10 +123,13 @@ class Sidecar:
         )
         self.live = LiveStats()
         self.observers: tuple[Callable[[AccessRecord], None], ...] = (
-            (self.metrics.observe, self.live.observe)
+            (self.metrics.observe, self.live.observe, self._count_connect_errors)
             if config.observe.metrics.enabled
             else ()
         )
+        # Connections refused per (listener, reason); connect failures per target service.
+        self.refused: dict[tuple[str, str], int] = {}
+        self.connect_errors: dict[str, int] = {}
         self._contexts: dict[str, ListenerContext] = {}
         self.bound: Bound | None = None
         self._stop = trio.Event()
@@ -173,6 +177,11 @@ class Sidecar:
         self.spans_dropped += count
         self.metrics.count_dropped_spans(count)
 
+    def _count_connect_errors(self, rec: AccessRecord) -> None:
+        # Only services the router holds state for: a bounded set, never a random name.
+        if rec.error == "upstream-connect" and rec.service in self.outbound.services:
+            self.connect_errors[rec.service] = self.connect_errors.get(rec.service, 0) + 1
+
     def mesh_state(self) -> MeshState:
         """What a scrape reads besides the request counters (see trimesh/observe/metrics.py)."""
         now = trio.current_time()
@@ -191,6 +200,8 @@ class Sidecar:
                 "idle": sum(p.idle_count() for p in self.pools),
             },
             downstream_connections={n: len(ctx.conns) for n, ctx in self._contexts.items()},
+            connections_refused=dict(self.refused),
+            upstream_connect_errors=dict(self.connect_errors),
             registry_up=None if static else self.discovery.last_error is None,
             registry_instances=instances,
             registry_heartbeat_failures=self.discovery.heartbeat_failures,
@@ -342,6 +353,10 @@ class Sidecar:
                             *in_addr,
                             *admin,
                         )
+                        # Everything built at startup (modules, config, metric families)
+                        # lives as long as the process: keep the collector from walking it
+                        # again and again, a cost every request was paying.
+                        gc.freeze()
                         task_status.started(self.bound)
                         await self._stop.wait()
                         await self._drain_delay(root)
@@ -397,6 +412,8 @@ class Sidecar:
         async def handle(stream: trio.SocketStream) -> None:
             nonlocal active
             if active >= limit:
+                key = (ctx.router.direction, "max-connections")
+                self.refused[key] = self.refused.get(key, 0) + 1
                 await _refuse(stream)
                 return
             active += 1
