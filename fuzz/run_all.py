@@ -2,7 +2,8 @@
 
 Usage: `python fuzz/run_all.py SECONDS` (the `nox -s fuzz` smoke run uses 30).
 Each harness runs in its own subprocess with its seed corpus, fuzz/corpus/<name>/
-(fuzz_guard.py → guard/, fuzz_headers.py → headers/, fuzz_target.py → target/),
+(fuzz_guard.py → guard/, fuzz_headers.py → headers/, fuzz_target.py → target/,
+fuzz_trace.py → trace/, ...),
 copied to a scratch directory so new inputs do not pile up in git. A harness is
 registered by its file name alone; one without a seed corpus is refused, so a
 new parser cannot be fuzzed from nothing by mistake. Crash reproducers land in

@@ -28,6 +28,10 @@ async def test_config_is_shown_with_secrets_redacted(nursery: trio.Nursery) -> N
         registry={"services": {}},
         listen={"admin_token": "s3cret-token"},
         policies={"default": {"timeout": "7s"}},
+        observe={
+            "access_log": "off",
+            "tracing": {"headers": {"Authorization": "Bearer collector-secret"}},
+        },
     )
     _, bound = await start_sidecar(nursery, raw)
     async with admin(bound) as http:
@@ -35,7 +39,7 @@ async def test_config_is_shown_with_secrets_redacted(nursery: trio.Nursery) -> N
     assert reply.status_code == 200
     body = reply.json()
     assert body["config"]["listen"]["admin_token"] == "<redacted>"
-    assert "s3cret-token" not in reply.text
+    assert "s3cret-token" not in reply.text and "collector-secret" not in reply.text
     assert body["config"]["policies"]["default"]["timeout"] == 7.0
     assert body["reload"] == {"enabled": False}
 

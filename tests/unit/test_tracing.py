@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import random
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fuzz import fuzz_trace
 from tests.unit.config_problems import assert_starts, problems_raised
 from trimesh.observe.tracing import (
     B3_MULTI,
@@ -476,3 +478,18 @@ def test_config_cross_checks(raw: Any, problem: str) -> None:
 )
 def test_collector_address(exporter: Any, endpoint: str | None, collector: Any) -> None:
     assert TracingConfig(exporter=exporter, endpoint=endpoint).collector == collector
+
+
+# --- the fuzz harness's invariant (fuzz/fuzz_trace.py) ---------------------------------
+
+TRACE_CORPUS = Path(__file__).parents[2] / "fuzz" / "corpus" / "trace"
+
+
+@pytest.mark.parametrize("path", sorted(TRACE_CORPUS.iterdir()), ids=lambda p: p.name)
+def test_fuzz_invariant_holds_on_the_seed_corpus(path: Path) -> None:
+    fuzz_trace.check(path.read_bytes())
+
+
+@given(st.binary(max_size=300))
+def test_fuzz_invariant_holds_for_any_bytes(data: bytes) -> None:
+    fuzz_trace.check(data)

@@ -19,7 +19,7 @@ import trio
 
 REDACTED = "<redacted>"
 # Config keys whose values are secrets, wherever they appear.
-_SECRET = re.compile(r"password|token|secret|credential|(^|_)key$", re.I)
+_SECRET = re.compile(r"password|token|secret|credential|authorization|cookie|(^|_)key$", re.I)
 
 # The trace of the request a task is serving, for log lines written meanwhile.
 current_trace: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
