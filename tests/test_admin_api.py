@@ -62,8 +62,14 @@ async def test_connections_lists_open_downstream_and_upstream(
 
 async def test_debug_tasks_shows_the_named_task_tree(nursery: trio.Nursery) -> None:
     _, bound = await start_sidecar(nursery, sidecar_config())
-    async with admin(bound) as http:
-        body = (await http.get("/debug/tasks")).json()
+    held = await trio.open_tcp_stream("127.0.0.1", bound.outbound[1])
+    async with held, admin(bound) as http:
+        with trio.fail_after(5):
+            while True:  # poll the admin API until the accept loop has started the task
+                body = (await http.get("/debug/tasks")).json()
+                if "connection from 127.0.0.1" in json.dumps(body):
+                    break
+                await trio.sleep(0.01)
     names = json.dumps(body["tree"])
     assert body["tasks"] > 5
     for part in ("Sidecar.run", "run_admin", "UpstreamPool.reaper", "_accept_loop"):

@@ -476,3 +476,64 @@ async def test_a_retryable_answer_is_dropped_while_a_hedge_may_still_answer(
     assert first.status_code == 200 and first.text == "good"
     assert len(failing.seen) == 1 and len(good.seen) == 1  # no retry after the 503
     assert 0.3 <= elapsed < 0.35
+
+
+async def test_a_deadline_holds_across_three_sidecars(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """client → A (timeout 3s) → B → app B → B → C → app C (slow): all stop at A's deadline."""
+    got = trio.Event()
+    budgets: list[int] = []
+
+    async def slow(seen: Seen, up: Upstream) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        budgets.append(int(seen.header(pdeadline.HEADER) or b"-1"))
+        got.set()
+        await trio.sleep(60)
+        return 200, [], b"late"
+
+    app_c = Upstream(slow)
+    await nursery.start(app_c.serve)
+    _, c = await start_sidecar(
+        nursery, sidecar_config(service={"name": "c"}, app={"ports": {"rest": app_c.port}})
+    )
+    b_out: list[Bound] = []
+
+    async def middle(seen: Seen, up: Upstream) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        left = seen.header(pdeadline.HEADER)
+        budgets.append(int(left or b"-1"))
+        headers = {} if left is None else {pdeadline.HEADER.decode(): left.decode()}
+        async with httpx.AsyncClient(
+            proxy=f"http://127.0.0.1:{b_out[0].outbound[1]}", timeout=100
+        ) as http:
+            reply = await http.get("http://c/deep", headers=headers)
+        return reply.status_code, [], reply.content
+
+    app_b = Upstream(middle)
+    await nursery.start(app_b.serve)
+    _, b = await start_sidecar(
+        nursery,
+        sidecar_config(
+            service={"name": "b"},
+            app={"ports": {"rest": app_b.port}},
+            registry={"services": {"c": [f"127.0.0.1:{c.inbound[1]}"]}},
+        ),
+    )
+    b_out.append(b)
+    _, a = await start_sidecar(
+        nursery,
+        sidecar_config(
+            service={"name": "a"},
+            registry={"services": {"b": [f"127.0.0.1:{b.inbound[1]}"]}},
+            policies={"default": {"timeout": "3s", "retry": {"attempts": 0}}},
+        ),
+    )
+    async with httpx.AsyncClient(proxy=f"http://127.0.0.1:{a.outbound[1]}", timeout=100) as http:
+        start = trio.current_time()
+        reply = await http.get("http://b/start")
+        elapsed = trio.current_time() - start
+    assert reply.status_code == 504 and 3 <= elapsed < 3.5
+    assert got.is_set()
+    # app B saw at most 3 s left; app C at most what app B had (never the default 30 s).
+    assert len(budgets) == 2 and 0 < budgets[1] <= budgets[0] <= 3000
+    with trio.fail_after(1):
+        await app_c.disconnected.wait()  # C's sidecar gave up on its app at the deadline

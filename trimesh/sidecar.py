@@ -640,7 +640,12 @@ async def _accept_loop(
                 log.error("accept failed: %s", exc)
                 await trio.sleep(0.1)
                 continue
-            handlers.start_soon(handler, stream)
+            # Named for `GET /debug/tasks`: which peer each connection task serves.
+            try:
+                host, port = stream.socket.getpeername()[:2]
+            except OSError:
+                host, port = "?", 0
+            handlers.start_soon(handler, stream, name=f"connection from {host}:{port}")
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
