@@ -125,3 +125,21 @@ def test_route_test_prints_the_rule_and_the_instances(
     assert rest["rule"]["precedence"] == 1 and rest["tags"] == {"version": "1.0"}
     assert [i for i in json.dumps(vip["instances"]).split('"') if "9002" in i]
     assert "9001" not in json.dumps(vip["instances"])
+
+
+def test_a_bad_default_is_named_once_not_under_every_service() -> None:
+    with pytest.raises(ConfigProblems) as caught:
+        parse_policies(
+            {
+                "default": {"timeout": "soon"},
+                "services": {
+                    "a": {"retry": {"attempts": 1}},
+                    "b": [{"match": {"method": "GET"}, "per_try_timeout": "1s"}],
+                    "c": {"timeout": "later"},
+                },
+            }
+        )
+    assert caught.value.problems == [
+        "policies.default.timeout: expected a duration like 10s or 500ms, got 'soon'",
+        "policies.services.c.timeout: expected a duration like 10s or 500ms, got 'later'",
+    ]

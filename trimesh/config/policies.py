@@ -22,6 +22,7 @@ only runs matchers and never parses. Error handling: `parse_policies` raises
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -165,8 +166,31 @@ def parse_policies(raw: Any, where: str = "policies") -> PolicyBook:
         )
         services[str(name)] = (own, blocks)
     if problems:
-        raise ConfigProblems(problems)
+        raise ConfigProblems(_inherited_once(problems, where))
     return PolicyBook(default, default_apis, services)
+
+
+def _inherited_once(problems: list[str], where: str) -> list[str]:
+    """Drop a problem a block only inherited: the same key and message under an ancestor.
+
+    Blocks are validated merged over what they inherit, so a bad key in
+    `policies.default` would otherwise be reported again under every service.
+    """
+    block = re.compile(rf"^({re.escape(where)}\.(?:default|services\.[^.\[]+))(\[\d+\])?(.*)$")
+    present = set(problems)
+    kept = []
+    for problem in problems:
+        path, sep, message = problem.partition(": ")
+        found = block.match(path)
+        if found is not None:
+            prefix, index, rest = found.groups()
+            ancestors = [prefix] if index else []
+            if prefix != f"{where}.default":
+                ancestors.append(f"{where}.default")
+            if any(f"{a}{rest}{sep}{message}" in present for a in ancestors if a != path):
+                continue
+        kept.append(problem)
+    return kept
 
 
 def _blocks(
