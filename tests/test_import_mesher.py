@@ -21,7 +21,7 @@ import yaml
 from trimesh import convert as p
 from trimesh.config import Config, load
 from trimesh.config.load import serving_problems
-from trimesh.mesher_import import add_import_command, convert, read_folder, run_import_command
+from trimesh.mesher import add_import_command, convert, read_folder, run_import_command
 
 DATA = Path(__file__).parent / "data" / "mesher"
 
@@ -293,6 +293,12 @@ def test_nested_flat_and_mixed_keys_are_the_same_key() -> None:
             "orders": {"load_balancer": {"strategy": "random"}}
         }
         assert warnings == []
+
+
+def test_a_strategy_that_is_not_a_name_is_warned_about_not_a_crash() -> None:
+    config, warnings = _one({"chassis.yaml": {"cse.loadbalance.strategy.name": ["Random"]}})
+    assert "load_balancer" not in config["policies"].get("default", {})
+    assert any("strategy.name" in w and "expected one of" in w for w in warnings), warnings
 
 
 def test_files_merge_into_one_key_space_and_the_later_file_wins() -> None:

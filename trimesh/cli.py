@@ -18,7 +18,7 @@ from trimesh import __version__
 from trimesh.config import Config, ConfigError, load, registry_url
 from trimesh.config.load import merge, serving_problems
 from trimesh.config.reload import RawSource, local_layers
-from trimesh.mesher_import import add_import_command, run_import_command
+from trimesh.mesher import add_import_command, run_import_command
 from trimesh.observe.introspect import JsonFormatter
 from trimesh.observe.logsink import SinkHandler, flush_std_sinks, std_sink
 from trimesh.registry_cli import add_registry_commands, run_registry_command

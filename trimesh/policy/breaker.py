@@ -10,7 +10,6 @@ failure opens it for another `sleep_window`. Time is passed in as `now`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -18,6 +17,7 @@ import attrs
 
 from trimesh import convert as parse
 from trimesh.policy import _checks
+from trimesh.policy._window import RollingCounts
 from trimesh.policy.retry import fail
 
 State = Literal["closed", "open", "half-open"]
@@ -55,12 +55,7 @@ class CircuitBreaker:
 
     def __init__(self, policy: BreakerPolicy) -> None:
         self.policy = policy
-        self._width = policy.window / policy.buckets
-        self._requests = [0] * policy.buckets
-        self._errors = [0] * policy.buckets
-        self._request_total = 0
-        self._error_total = 0
-        self._epoch: int | None = None  # number of the current bucket since time 0
+        self._counts = RollingCounts(policy.window, policy.buckets)  # a: requests, b: errors
         self._opened_at: float | None = None  # None: closed
         self._probe_at: float | None = None  # when the half-open probe went; None: none out
         self.opened = 0  # times the circuit opened, for metrics
@@ -69,7 +64,7 @@ class CircuitBreaker:
     def __repr__(self) -> str:
         return (
             f"<CircuitBreaker opened_at={self._opened_at} probe_at={self._probe_at}"
-            f" requests={self._request_total} errors={self._error_total}>"
+            f" requests={self._counts.a} errors={self._counts.b}>"
         )
 
     def allow(self, now: float) -> bool:
@@ -100,12 +95,10 @@ class CircuitBreaker:
         if not policy.enabled or policy.force_open:
             return
         if self._opened_at is None:
-            slot = self._advance(now)
-            self._requests[slot] += 1
-            self._request_total += 1
-            if not ok:
-                self._errors[slot] += 1
-                self._error_total += 1
+            if ok:
+                self._counts.add(now, 1, 0)
+            else:
+                self._counts.add(now, 1, 1)
                 if not policy.force_closed:
                     self._trip(now)
         elif self._probe_at is not None:
@@ -151,8 +144,7 @@ class CircuitBreaker:
     def snapshot(self, now: float) -> dict[str, Any]:
         """The circuit for the admin view (JSON-able)."""
         state = self.state(now)
-        self._advance(now)
-        requests, errors = self._request_total, self._error_total
+        requests, errors = self._counts.totals(now)
         return {
             "state": state,
             "requests": requests,
@@ -167,12 +159,13 @@ class CircuitBreaker:
 
     def _trip(self, now: float) -> bool:
         """Open the (closed) circuit if the window is over both thresholds."""
-        self._advance(now)
+        counts = self._counts
+        counts.advance(now)
         policy = self.policy
-        total = self._request_total
+        total = counts.a
         if total < policy.request_volume_threshold:
             return False
-        if 100.0 * self._error_total < policy.error_threshold_percentage * total:
+        if 100.0 * counts.b < policy.error_threshold_percentage * total:
             return False
         self._opened_at = now
         self._probe_at = None
@@ -181,25 +174,7 @@ class CircuitBreaker:
 
     def _close(self) -> None:
         self._opened_at = None
-        for slot in range(len(self._requests)):
-            self._requests[slot] = self._errors[slot] = 0
-        self._request_total = self._error_total = 0
-        self._epoch = None
-
-    def _advance(self, now: float) -> int:
-        """Move to the bucket of `now`, emptying the buckets that left the window."""
-        epoch = math.floor(now / self._width)
-        if self._epoch is None:
-            self._epoch = epoch
-        size = len(self._requests)
-        # A clock that steps back (it should not) keeps counting in the current bucket.
-        for step in range(1, min(epoch - self._epoch, size) + 1):
-            slot = (self._epoch + step) % size
-            self._request_total -= self._requests[slot]
-            self._error_total -= self._errors[slot]
-            self._requests[slot] = self._errors[slot] = 0
-        self._epoch = max(self._epoch, epoch)
-        return self._epoch % size
+        self._counts.reset()
 
 
 # --- config ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import attrs
 
 from trimesh import convert as parse
 from trimesh.policy import _checks
+from trimesh.policy._window import RollingCounts
 from trimesh.policy.match import ConfigProblems
 
 RETRY_ON_KINDS = frozenset({"connect-failure", "reset", "per-try-timeout", "gateway-error"})
@@ -124,55 +125,34 @@ class RetryBudget:
             raise ValueError(f"window must be positive, got {window!r}")
         self.ratio = ratio
         self.floor = min_per_second * window
-        self._width = window / self.BUCKETS
-        self._requests = [0] * self.BUCKETS
-        self._retries = [0] * self.BUCKETS
-        self._request_total = 0
-        self._retry_total = 0
-        self._epoch: int | None = None  # number of the current bucket since time 0
+        self._counts = RollingCounts(window, self.BUCKETS)  # a: requests, b: retries
         self.exhausted = 0  # retries refused, for metrics
 
     def __repr__(self) -> str:
         return (
-            f"<RetryBudget ratio={self.ratio} floor={self.floor} requests={self._request_total}"
-            f" retries={self._retry_total} exhausted={self.exhausted}>"
+            f"<RetryBudget ratio={self.ratio} floor={self.floor} requests={self._counts.a}"
+            f" retries={self._counts.b} exhausted={self.exhausted}>"
         )
 
     def record_request(self, now: float) -> None:
         """Count one original request (not a retry or hedge) at time `now`."""
-        slot = self._advance(now)
-        self._requests[slot] += 1
-        self._request_total += 1
+        self._counts.add(now, 1, 0)
 
     def try_spend(self, now: float) -> bool:
         """Take one retry from the budget if it allows one; count a refusal in `exhausted`."""
-        slot = self._advance(now)
+        counts = self._counts
+        counts.advance(now)
         # The epsilon forgives float rounding such as 0.29 x 100 = 28.999999999999996.
-        if self._retry_total + 1 > self.ratio * self._request_total + self.floor + 1e-9:
+        if counts.b + 1 > self.ratio * counts.a + self.floor + 1e-9:
             self.exhausted += 1
             return False
-        self._retries[slot] += 1
-        self._retry_total += 1
+        counts.add(now, 0, 1)
         return True
 
     def available(self, now: float) -> float:
         """Retries the budget would still allow at `now` (for metrics and the admin view)."""
-        self._advance(now)
-        return max(0.0, self.ratio * self._request_total + self.floor - self._retry_total)
-
-    def _advance(self, now: float) -> int:
-        """Move to the bucket of `now`, emptying the buckets that left the window."""
-        epoch = math.floor(now / self._width)
-        if self._epoch is None:
-            self._epoch = epoch
-        # A clock that steps back (it should not) keeps counting in the current bucket.
-        for step in range(1, min(epoch - self._epoch, self.BUCKETS) + 1):
-            slot = (self._epoch + step) % self.BUCKETS
-            self._request_total -= self._requests[slot]
-            self._retry_total -= self._retries[slot]
-            self._requests[slot] = self._retries[slot] = 0
-        self._epoch = max(self._epoch, epoch)
-        return self._epoch % self.BUCKETS
+        requests, retries = self._counts.totals(now)
+        return max(0.0, self.ratio * requests + self.floor - retries)
 
 
 # --- config ---------------------------------------------------------------------------
