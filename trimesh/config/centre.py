@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from contextlib import AsyncExitStack
 from typing import Any
 from urllib.parse import unquote
 
@@ -45,11 +44,11 @@ from trimesh.discovery.etcd import (
     MAX_IDLE_BREAKS,
     WATCH_INTERVAL,
     StreamOutcome,
-    _cancel_outcome,
     _entries,
     _int,
     _key_of,
     _revision,
+    follow_stream,
 )
 
 log = logging.getLogger("trimesh.config.centre")
@@ -320,35 +319,12 @@ class ConfigCentre:
             auth_retried = outcome == "unauthenticated"
 
     async def _stream(self, on_change: Callable[[], None]) -> StreamOutcome:
-        key = self.key_prefix
-        request = {
-            "key": b64(key),
-            "range_end": b64(prefix_end(key)),
-            "start_revision": str(self._view.revision + 1),
-            "progress_notify": True,
-        }
-        async with AsyncExitStack() as stack:
-            with call_deadline(self._call_timeout, "config centre: open watch"):
-                results = await stack.enter_async_context(
-                    self._api.stream("/v3/watch", {"create_request": request})
-                )
-                result = await results.receive()
-            if result is not None and result.get("canceled"):
-                return _cancel_outcome(result)
-            if result is None or not result.get("created"):
-                raise RegistryUnavailable("config centre watch ended before it started")
-            canceled: JsonObject | None = None
-            with trio.move_on_after(self._quiet_after) as quiet:
-                try:
-                    while (result := await results.receive()) is not None:
-                        quiet.deadline = trio.current_time() + self._quiet_after
-                        if result.get("canceled"):
-                            canceled = result
-                            break
-                        if self._view.apply(result):
-                            on_change()
-                except RegistryUnavailable as exc:
-                    log.info("config centre watch broke: %s", exc)
-        if canceled is not None:
-            return _cancel_outcome(canceled)
-        return "quiet" if quiet.cancelled_caught else "broken"
+        return await follow_stream(
+            self._api,
+            self.key_prefix,
+            self._view,
+            on_change,
+            call_timeout=self._call_timeout,
+            quiet_after=self._quiet_after,
+            what="config centre watch",
+        )

@@ -31,9 +31,9 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import quote, unquote
 
 import attrs
@@ -222,44 +222,16 @@ class EtcdRegistry:
     async def _follow_stream(
         self, prefix: bytes, view: WatchView, on_change: OnChange
     ) -> StreamOutcome:
-        """Apply one watch stream's events to `view`; say why the stream ended.
-
-        Error handling: `RegistryUnavailable` if the stream is not confirmed
-        within `call_timeout` or etcd cancels it for a reason we cannot fix; a
-        break after that is the "broken" outcome, and silence for
-        `_quiet_after` seconds the "quiet" one.
-        """
-        request = {
-            "key": b64(prefix),
-            "range_end": b64(prefix_end(prefix)),
-            "start_revision": str(view.revision + 1),
-            "progress_notify": True,
-        }
-        async with AsyncExitStack() as stack:
-            with call_deadline(self._call_timeout, f"etcd watch {prefix!r}: open"):
-                results = await stack.enter_async_context(
-                    self._api.stream("/v3/watch", {"create_request": request})
-                )
-                result = await results.receive()
-            if result is not None and result.get("canceled"):
-                return _cancel_outcome(result)
-            if result is None or not result.get("created"):
-                raise RegistryUnavailable("etcd watch stream ended before it started")
-            canceled: JsonObject | None = None
-            with trio.move_on_after(self._quiet_after) as quiet:
-                try:
-                    while (result := await results.receive()) is not None:
-                        quiet.deadline = trio.current_time() + self._quiet_after
-                        if result.get("canceled"):
-                            canceled = result
-                            break
-                        if view.apply(result):
-                            on_change(view.snapshot())
-                except RegistryUnavailable as exc:
-                    log.info("etcd watch %r broke: %s", prefix, exc)
-        if canceled is not None:
-            return _cancel_outcome(canceled)
-        return "quiet" if quiet.cancelled_caught else "broken"
+        """Apply one watch stream's events to `view` (see `follow_stream`)."""
+        return await follow_stream(
+            self._api,
+            prefix,
+            view,
+            lambda: on_change(view.snapshot()),
+            call_timeout=self._call_timeout,
+            quiet_after=self._quiet_after,
+            what=f"etcd watch {prefix!r}",
+        )
 
     @property
     def _quiet_after(self) -> float:
@@ -346,6 +318,67 @@ class WatchView:
             # A progress notification: every event up to this revision was sent.
             self.revision = max(self.revision, _revision(result))
         return bool(events)
+
+
+class Followed(Protocol):
+    """What a watch stream updates: a last revision, and events applied one response at a time."""
+
+    revision: int
+
+    def apply(self, result: JsonObject) -> bool: ...
+
+
+async def follow_stream(
+    api: EtcdGateway,
+    prefix: bytes,
+    view: Followed,
+    on_events: Callable[[], None],
+    *,
+    call_timeout: float,
+    quiet_after: float,
+    what: str,
+) -> StreamOutcome:
+    """Apply one watch stream's events on `prefix` to `view`; say why the stream ended.
+
+    `on_events` is called after each response that carried events. Used by the
+    registry's watchers and by the config centre.
+
+    Error handling: `RegistryUnavailable` if the stream is not confirmed
+    within `call_timeout` or etcd cancels it for a reason we cannot fix; a
+    break after that is the "broken" outcome, and silence for `quiet_after`
+    seconds the "quiet" one.
+    """
+    request = {
+        "key": b64(prefix),
+        "range_end": b64(prefix_end(prefix)),
+        "start_revision": str(view.revision + 1),
+        "progress_notify": True,
+    }
+    async with AsyncExitStack() as stack:
+        with call_deadline(call_timeout, f"{what}: open"):
+            results = await stack.enter_async_context(
+                api.stream("/v3/watch", {"create_request": request})
+            )
+            result = await results.receive()
+        if result is not None and result.get("canceled"):
+            return _cancel_outcome(result)
+        if result is None or not result.get("created"):
+            raise RegistryUnavailable(f"{what} ended before it started")
+        canceled: JsonObject | None = None
+        with trio.move_on_after(quiet_after) as quiet:
+            try:
+                while (result := await results.receive()) is not None:
+                    quiet.deadline = trio.current_time() + quiet_after
+                    if result.get("canceled"):
+                        canceled = result
+                        break
+                    if view.apply(result):
+                        on_events()
+            except RegistryUnavailable as exc:
+                log.info("%s broke: %s", what, exc)
+    if canceled is not None:
+        return _cancel_outcome(canceled)
+    return "quiet" if quiet.cancelled_caught else "broken"
 
 
 def service_names(app_prefix: bytes, keys: Iterable[bytes]) -> list[str]:
