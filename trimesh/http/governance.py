@@ -132,7 +132,15 @@ async def governed(
     try:
         if route.policy.fault is not None:
             await _inject(route, guards)
-        return await _breaker(guards, down, request, route, router, pool, policy, rec)
+        _close_circuit_or_refuse(guards, route.service)
+        failure: BaseException | None = None
+        try:
+            return await forward(down, request, route, router, pool, policy, rec)
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            _record(guards.breaker, rec, failure)
     finally:
         guards.active -= 1
 
@@ -149,40 +157,28 @@ async def _inject(route: Route, guards: ServiceGuards) -> None:
         raise FaultAbort("injected by the fault policy", status=status)
 
 
-async def _breaker(
-    guards: ServiceGuards,
-    down: Downstream,
-    request: h11.Request,
-    route: Route,
-    router: Router,
-    pool: UpstreamPool,
-    policy: Policy,
-    rec: AccessRecord,
-) -> bool | Tunnel:
-    breaker = guards.breaker
-    if not breaker.allow(trio.current_time()):
+def _close_circuit_or_refuse(guards: ServiceGuards, service: str | None) -> None:
+    """Raise `CircuitOpen` (no upstream call) unless the breaker lets this request go."""
+    now = trio.current_time()
+    if not guards.breaker.allow(now):
         guards.circuit_rejected += 1
-        now = trio.current_time()
-        raise CircuitOpen(
-            f"the circuit for {route.service!r} is open", retry_after=breaker.retry_after(now)
-        )
-    recorded = False
-    try:
-        outcome = await forward(down, request, route, router, pool, policy, rec)
-        if rec.status is not None:
-            breaker.record(trio.current_time(), not breaker.is_failure_status(rec.status))
-            recorded = True
-        return outcome
-    except ProxyError as exc:
-        if exc.kind in UPSTREAM_FAILURES:
-            breaker.record(trio.current_time(), False)
-            recorded = True
-        raise
-    except DownstreamGone:
-        if rec.status is not None:  # the upstream answered; the client left mid-body
-            breaker.record(trio.current_time(), not breaker.is_failure_status(rec.status))
-            recorded = True
-        raise
-    finally:
-        if not recorded:
-            breaker.abandon(trio.current_time())
+        retry_after = guards.breaker.retry_after(now)
+        raise CircuitOpen(f"the circuit for {service!r} is open", retry_after=retry_after)
+
+
+def _record(breaker: CircuitBreaker, rec: AccessRecord, failure: BaseException | None) -> None:
+    """The request's outcome for the breaker, or none (`abandon`) when it had none.
+
+    Upstream failures (connect, timeout, protocol) count as errors; a response
+    counts by its status, also when the client left mid-body; anything else
+    (a refused request, a cancellation) frees the slot without an outcome.
+    """
+    ok: bool | None = None
+    if isinstance(failure, ProxyError):
+        ok = False if failure.kind in UPSTREAM_FAILURES else None
+    elif (failure is None or isinstance(failure, DownstreamGone)) and rec.status is not None:
+        ok = not breaker.is_failure_status(rec.status)
+    if ok is None:
+        breaker.abandon(trio.current_time())
+    else:
+        breaker.record(trio.current_time(), ok)
