@@ -25,18 +25,8 @@ else:
     _instrumented = contextlib.nullcontext()
 
 with _instrumented:
-    from trimesh.observe.tracing import Tracer, extract, inject
+    from trimesh.observe.tracing import HEADER_NAMES, Tracer, extract, inject
 
-_NAMES = (
-    b"traceparent",
-    b"tracestate",
-    b"b3",
-    b"x-b3-traceid",
-    b"x-b3-spanid",
-    b"x-b3-parentspanid",
-    b"x-b3-sampled",
-    b"x-b3-flags",
-)
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _HEX16 = re.compile(r"[0-9a-f]{16}")
 _VISIBLE = re.compile(rb"[\x20-\x7e]*")
@@ -47,7 +37,7 @@ def check(data: bytes) -> None:
     """The invariant above; raises AssertionError (or the unexpected exception) if broken."""
     shift = data[0] if data else 0
     values = data[1:].split(b"\n")
-    headers = [(_NAMES[(shift + i) % len(_NAMES)], v) for i, v in enumerate(values)]
+    headers = [(HEADER_NAMES[(shift + i) % len(HEADER_NAMES)], v) for i, v in enumerate(values)]
     span = _tracer.start("GET", "client", extract(headers))
     ctx = span.context
     assert _HEX32.fullmatch(ctx.trace_id) and ctx.trace_id != "0" * 32, ctx

@@ -30,20 +30,20 @@ Headers = Iterable[tuple[bytes, bytes]]
 # Which B3 forms a request carried, so the same ones go on (`SpanContext.b3`).
 B3_SINGLE = 1
 B3_MULTI = 2
-# Every header this module reads or writes; the proxy drops these from a forwarded
-# request and adds `inject`'s set instead, so the formats never disagree.
-HEADERS = frozenset(
-    {
-        b"traceparent",
-        b"tracestate",
-        b"b3",
-        b"x-b3-traceid",
-        b"x-b3-spanid",
-        b"x-b3-parentspanid",
-        b"x-b3-sampled",
-        b"x-b3-flags",
-    }
+# Every header this module reads or writes (W3C, then B3 single, then B3 multi); the
+# proxy drops these from a forwarded request and adds `inject`'s set instead, so
+# the formats never disagree.
+HEADER_NAMES = (
+    b"traceparent",
+    b"tracestate",
+    b"b3",
+    b"x-b3-traceid",
+    b"x-b3-spanid",
+    b"x-b3-parentspanid",
+    b"x-b3-sampled",
+    b"x-b3-flags",
 )
+HEADERS = frozenset(HEADER_NAMES)
 # tracestate: the spec's limits are 32 members; 512 characters is what every
 # participant must pass on, so a longer one is cut to that (see `_tracestate`).
 MAX_TRACESTATE = 512
