@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import trio
 
+from tests.etcd_server import EtcdServer
 from tests.servers import Upstream
 
 
@@ -56,3 +57,16 @@ async def cleanup() -> AsyncIterator[list[trio.Process]]:
         if p.returncode is None:
             p.kill()
             await p.wait()
+
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    """A real etcd on loopback, shared by one test module (skips where etcd is absent).
+
+    A module that stops or reconfigures its server defines its own (see
+    tests/test_registry_e2e.py).
+    """
+    server = EtcdServer(tmp_path_factory.mktemp("etcd"))
+    server.start()
+    yield server
+    server.stop()

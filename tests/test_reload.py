@@ -306,14 +306,6 @@ async def test_endless_burst_still_reloads(nursery: trio.Nursery, config_file: P
 # ---------------------------------------------------------------- config centre (real etcd)
 
 
-@pytest.fixture(scope="module")
-def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
-    server = EtcdServer(tmp_path_factory.mktemp("etcd"))
-    server.start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def prefix() -> str:
     return f"/test-{uuid.uuid4().hex[:8]}"

@@ -30,14 +30,6 @@ GUARD = 15.0  # fail_after guard for anything that waits on etcd
 # ---------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
-    server = EtcdServer(tmp_path_factory.mktemp("etcd"))
-    server.start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def own_etcd(tmp_path: Path) -> Iterator[EtcdServer]:
     """A server of the test's own, for tests that stop it or enable auth."""

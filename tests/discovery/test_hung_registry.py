@@ -9,7 +9,7 @@ etcd watchdog's timing is tested on trio's mock clock with a scripted gateway.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -48,14 +48,6 @@ def session(registry: Any, me: Registration, cache: InstanceCache | None = None)
         call_timeout=CALL_TIMEOUT,
         backoff=lambda: Backoff(initial=0.05, cap=0.4),
     )
-
-
-@pytest.fixture(scope="module")
-def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
-    server = EtcdServer(tmp_path_factory.mktemp("etcd"))
-    server.start()
-    yield server
-    server.stop()
 
 
 async def until(check: Callable[[], object], what: str) -> None:
