@@ -478,37 +478,35 @@ async def test_a_retryable_answer_is_dropped_while_a_hedge_may_still_answer(
     assert 0.3 <= elapsed < 0.35
 
 
-async def test_a_deadline_holds_across_three_sidecars(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
-) -> None:
-    """client → A (timeout 3s) → B → app B → B → C → app C (slow): all stop at A's deadline."""
-    got = trio.Event()
-    budgets: list[int] = []
+async def three_sidecars(
+    nursery: trio.Nursery,
+    app_c: Upstream,
+    pass_on: tuple[bytes, ...],
+    *,
+    before_b: tuple[str, ...] = (),
+    a: dict[str, Any] | None = None,
+    **every: Any,
+) -> tuple[Bound, Upstream]:
+    """client → A → B → app B → B → C → `app_c`; returns A's listeners and app B.
 
-    async def slow(seen: Seen, up: Upstream) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        budgets.append(int(seen.header(pdeadline.HEADER) or b"-1"))
-        got.set()
-        await trio.sleep(60)
-        return 200, [], b"late"
-
-    app_c = Upstream(slow)
-    await nursery.start(app_c.serve)
+    App B calls `http://c/hop` through its own sidecar, passing on the `pass_on`
+    headers it received (what an instrumented app does). A's registry lists
+    `before_b` ahead of B; `a` adds sections to A's config, `every` to all three.
+    """
     _, c = await start_sidecar(
-        nursery, sidecar_config(service={"name": "c"}, app={"ports": {"rest": app_c.port}})
+        nursery,
+        sidecar_config(service={"name": "c"}, app={"ports": {"rest": app_c.port}}, **every),
     )
     b_out: list[Bound] = []
 
-    async def middle(seen: Seen, up: Upstream) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        left = seen.header(pdeadline.HEADER)
-        budgets.append(int(left or b"-1"))
-        headers = {} if left is None else {pdeadline.HEADER.decode(): left.decode()}
-        async with httpx.AsyncClient(
-            proxy=f"http://127.0.0.1:{b_out[0].outbound[1]}", timeout=100
-        ) as http:
-            reply = await http.get("http://c/deep", headers=headers)
+    async def relay(seen: Seen, up: Upstream) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        headers = {n.decode(): v.decode() for n in pass_on if (v := seen.header(n)) is not None}
+        proxy = f"http://127.0.0.1:{b_out[0].outbound[1]}"
+        async with httpx.AsyncClient(proxy=proxy, timeout=100) as http:
+            reply = await http.get("http://c/hop", headers=headers)
         return reply.status_code, [], reply.content
 
-    app_b = Upstream(middle)
+    app_b = Upstream(relay)
     await nursery.start(app_b.serve)
     _, b = await start_sidecar(
         nursery,
@@ -516,17 +514,37 @@ async def test_a_deadline_holds_across_three_sidecars(
             service={"name": "b"},
             app={"ports": {"rest": app_b.port}},
             registry={"services": {"c": [f"127.0.0.1:{c.inbound[1]}"]}},
+            **every,
         ),
     )
     b_out.append(b)
-    _, a = await start_sidecar(
+    _, first = await start_sidecar(
         nursery,
         sidecar_config(
             service={"name": "a"},
-            registry={"services": {"b": [f"127.0.0.1:{b.inbound[1]}"]}},
-            policies={"default": {"timeout": "3s", "retry": {"attempts": 0}}},
+            registry={"services": {"b": [*before_b, f"127.0.0.1:{b.inbound[1]}"]}},
+            **every,
+            **(a or {}),
         ),
     )
+    return first, app_b
+
+
+async def test_a_deadline_holds_across_three_sidecars(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """client → A (timeout 3s) → B → app B → B → C → app C (slow): all stop at A's deadline."""
+    got = trio.Event()
+
+    async def slow(seen: Seen, up: Upstream) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        got.set()
+        await trio.sleep(60)
+        return 200, [], b"late"
+
+    app_c = Upstream(slow)
+    await nursery.start(app_c.serve)
+    policy = {"default": {"timeout": "3s", "retry": {"attempts": 0}}}
+    a, app_b = await three_sidecars(nursery, app_c, (pdeadline.HEADER,), a={"policies": policy})
     async with httpx.AsyncClient(proxy=f"http://127.0.0.1:{a.outbound[1]}", timeout=100) as http:
         start = trio.current_time()
         reply = await http.get("http://b/start")
@@ -534,6 +552,7 @@ async def test_a_deadline_holds_across_three_sidecars(
     assert reply.status_code == 504 and 3 <= elapsed < 3.5
     assert got.is_set()
     # app B saw at most 3 s left; app C at most what app B had (never the default 30 s).
-    assert len(budgets) == 2 and 0 < budgets[1] <= budgets[0] <= 3000
+    budgets = [int(up.seen[0].header(pdeadline.HEADER) or b"-1") for up in (app_b, app_c)]
+    assert len(app_b.seen) == len(app_c.seen) == 1 and 0 < budgets[1] <= budgets[0] <= 3000
     with trio.fail_after(1):
         await app_c.disconnected.wait()  # C's sidecar gave up on its app at the deadline

@@ -16,10 +16,10 @@ import trio
 
 from tests.prometheus_server import PrometheusServer, find_prometheus
 from tests.rawserver import RawConn, RawUpstream
-from tests.servers import Seen, Upstream, sidecar_config, start_sidecar
+from tests.servers import Upstream, sidecar_config, start_sidecar
 from tests.test_dashboard import CHROMIUM, chromium
 from tests.test_export import start_collector
-from tests.test_traffic_policy import app, client, consumer, instance
+from tests.test_traffic_policy import app, client, consumer, instance, three_sidecars
 from trimesh.sidecar import Bound
 
 
@@ -101,50 +101,15 @@ async def test_one_trace_crosses_three_sidecars_with_parented_spans(
 
     app_c = Upstream()
     await nursery.start(app_c.serve)
-    _, c = await start_sidecar(
-        nursery,
-        sidecar_config(
-            service={"name": "c"},
-            app={"ports": {"rest": app_c.port}},
-            observe={"access_log": "off", "tracing": tracing},
-        ),
-    )
-    b_out: list[Bound] = []
-
-    async def app_b_handler(
-        seen: Seen, up: Upstream
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        # An instrumented app passes the trace on (here: just the traceparent).
-        headers = {"traceparent": (seen.header(b"traceparent") or b"").decode()}
-        async with httpx.AsyncClient(proxy=f"http://127.0.0.1:{b_out[0].outbound[1]}") as http:
-            reply = await http.get("http://c/hop", headers=headers)
-        return reply.status_code, [], b"via b"
-
-    app_b = Upstream(app_b_handler)
-    await nursery.start(app_b.serve)
-    _, b = await start_sidecar(
-        nursery,
-        sidecar_config(
-            service={"name": "b"},
-            app={"ports": {"rest": app_b.port}},
-            registry={"services": {"c": [f"127.0.0.1:{c.inbound[1]}"]}},
-            observe={"access_log": "off", "tracing": tracing},
-        ),
-    )
-    b_out.append(b)
 
     async def hang_up(conn: RawConn) -> None:
         await conn.next_request()  # read it, answer nothing: A retries on B
 
     dead = RawUpstream(hang_up)
     await nursery.start(dead.serve)
-    _, a = await start_sidecar(
-        nursery,
-        sidecar_config(
-            service={"name": "a"},
-            registry={"services": {"b": [f"127.0.0.1:{dead.port}", f"127.0.0.1:{b.inbound[1]}"]}},
-            observe={"access_log": "off", "tracing": tracing},
-        ),
+    observe = {"access_log": "off", "tracing": tracing}
+    a, _ = await three_sidecars(
+        nursery, app_c, (b"traceparent",), before_b=(f"127.0.0.1:{dead.port}",), observe=observe
     )
     async with httpx.AsyncClient(proxy=f"http://127.0.0.1:{a.outbound[1]}") as http:
         assert (await http.get("http://b/start")).status_code == 200
