@@ -16,7 +16,6 @@ can never reach the admin endpoints (loops, SSRF).
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -27,6 +26,7 @@ import h11
 import trio
 
 from trimesh import __version__
+from trimesh.discovery.trust import is_localhost, parse_ip
 from trimesh.http.headers import via_has
 
 log = logging.getLogger("trimesh.admin")
@@ -423,17 +423,9 @@ def _local_host(host: bytes) -> bool:
     """Whether a Host header names an IP literal or localhost (any port), or is absent."""
     if not host:
         return True
-    name = host.decode("ascii", "replace").lower()
-    if name.startswith("["):
-        return "]" in name  # an IPv6 literal
-    name = name.rsplit(":", 1)[0]
-    if name == "localhost":
-        return True
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
+    name = host.decode("ascii", "replace")
+    name = name[: name.find("]") + 1] if name.startswith("[") else name.rsplit(":", 1)[0]
+    return parse_ip(name) is not None or is_localhost(name)
 
 
 def _path(target: bytes) -> str:

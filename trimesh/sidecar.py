@@ -13,7 +13,6 @@ root nursery (Sidecar.run)
 from __future__ import annotations
 
 import gc
-import ipaddress
 import json
 import logging
 import secrets
@@ -43,6 +42,7 @@ from trimesh.discovery.factory import build_registry, instance_filter, registrat
 from trimesh.discovery.health import health_loop, health_target
 from trimesh.discovery.session import Discovery
 from trimesh.discovery.static import StaticRegistry
+from trimesh.discovery.trust import is_loopback
 from trimesh.errors import Overloaded
 from trimesh.http import stream as hs
 from trimesh.http import synthetic
@@ -319,7 +319,7 @@ class Sidecar:
                         max_connections=c.limits.admin_max_connections,
                         via_tokens=(self.via_token("outbound"), self.via_token("inbound")),
                         token=c.listen.admin_token,
-                        token_for_all=not _on_loopback(c.listen.admin[0]),
+                        token_for_all=not is_loopback(c.listen.admin[0]),
                     ),
                 )
                 async with trio.open_nursery() as handlers:
@@ -703,13 +703,6 @@ def _limiter_view(limiter: InboundLimiter | None) -> dict[str, object] | None:
         "per_source": {k: view(v) for k, v in sorted(limiter.limits.per_source.items())},
         "refused": limiter.refused,
     }
-
-
-def _on_loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _own_addresses(bound: Bound) -> frozenset[tuple[str, int]]:

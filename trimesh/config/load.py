@@ -7,7 +7,6 @@ every problem with its key path, so `trimesh check` can name them all.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -31,7 +30,7 @@ from trimesh.config.model import (
     UpstreamConfig,
 )
 from trimesh.config.policies import parse_policies
-from trimesh.discovery.trust import this_machine_only
+from trimesh.discovery.trust import is_loopback, this_machine_only
 from trimesh.observe.tracing import parse_tracing
 from trimesh.outbound.egress import parse_egress
 from trimesh.policy.match import ConfigProblems
@@ -310,7 +309,7 @@ def _observe(values: Raw) -> ObserveConfig:
 
 def _cross_check(c: Config, problems: list[str]) -> None:
     admin_host = c.listen.admin[0]
-    if not _loopback(admin_host) and not c.listen.admin_token:
+    if not is_loopback(admin_host) and not c.listen.admin_token:
         problems.append(
             f"listen.admin_token: required when the admin listener is not on loopback"
             f" ({admin_host}): set a bearer token"
@@ -322,15 +321,6 @@ def _cross_check(c: Config, problems: list[str]) -> None:
         problems.append(f"registry.endpoints: required for registry type {c.registry.type}")
     if c.registry.ttl <= c.registry.heartbeat_interval:
         problems.append("registry.ttl: must be longer than registry.heartbeat_interval")
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 ENV_MESHER: Mapping[str, tuple[str, str]] = {

@@ -57,10 +57,18 @@ def parse_ip(host: str) -> IPAddress | None:
     return ip
 
 
-def _is_localhost(host: str) -> bool:
-    # RFC 6761: "localhost" and every name under it are loopback.
+def is_localhost(host: str) -> bool:
+    """RFC 6761: "localhost" and every name under it are loopback."""
     name = host.lower().rstrip(".")
     return name == "localhost" or name.endswith(".localhost")
+
+
+def is_loopback(host: str) -> bool:
+    """True if `host` is a loopback name or address (not the unspecified one)."""
+    if is_localhost(host):
+        return True
+    ip = parse_ip(host)
+    return ip is not None and ip.is_loopback
 
 
 def this_machine_only(host: str) -> bool:
@@ -68,7 +76,7 @@ def this_machine_only(host: str) -> bool:
 
     Other machines cannot reach an address like that: it means "this machine".
     """
-    if not host or _is_localhost(host):
+    if not host or is_localhost(host):
         return True
     ip = parse_ip(host)
     return ip is not None and (ip.is_loopback or ip.is_unspecified)
@@ -95,7 +103,7 @@ class InstanceFilter:
         if not 0 < instance.port < 65536:
             return f"port {instance.port} is out of range"
         ip = parse_ip(instance.host)
-        if ip is None and _is_localhost(instance.host):
+        if ip is None and is_localhost(instance.host):
             ip = _LOOPBACK_V4
         if self._is_own(instance.host, ip, instance.port):
             return "it is one of this sidecar's own listeners"
