@@ -330,12 +330,7 @@ class _Try:
         per_try = ex.route.policy.per_try_timeout
         self.deadline = math.inf if per_try is None else self.started + per_try
         self.span = _attempt_span(ex, conn.endpoint)
-        event = h11.Request(
-            method=ex.request.method,
-            target=ex.route.target,
-            headers=_headers(ex, self.deadline, self.span),
-            _parsed=True,
-        )
+        event = _request_event(ex, self.deadline, self.span)
         try:
             await _send(conn, _serialize(conn, event) + conn.h11.send(EOM))
         except (_Stale, ProxyError) as exc:
@@ -348,11 +343,8 @@ class _Try:
         try:
             with trio.CancelScope(deadline=self.deadline):
                 head = await _await_head(ex, self.conn, relay=False)
-                now = trio.current_time()
-                self.state.succeeded(now - self.started, now)
+                _head_arrived(ex, self.state, self.started)
                 self.reported = True
-                if ex.route.latency is not None:
-                    ex.route.latency.observe(now - self.started)
                 return head
             raise UpstreamTimeout(
                 f"no response within the per-try timeout of {ex.route.policy.per_try_timeout:g}s",
@@ -538,20 +530,12 @@ async def _attempt(ex: _Exchange, conn: UpstreamConnection, pool: UpstreamPool) 
     span = _attempt_span(ex, conn.endpoint)
     failure: str | None = None
     try:
-        event = h11.Request(
-            method=ex.request.method,
-            target=ex.route.target,
-            headers=_headers(ex, ex.try_deadline, span),
-            _parsed=True,
-        )
+        event = _request_event(ex, ex.try_deadline, span)
         if ex.body is None:
             await _send(conn, _serialize(conn, event) + conn.h11.send(EOM))
             head = await _await_head(ex, conn)
-            now = trio.current_time()
-            state.succeeded(now - started, now)
+            _head_arrived(ex, state, started)
             reported = True
-            if ex.route.latency is not None:
-                ex.route.latency.observe(now - started)
             outcome = await _committed(ex, conn, head)
         else:
             outcome = await _with_body(ex, conn, event, state, started)
@@ -592,6 +576,24 @@ def _headers(
     if context is not None:
         headers = [*headers, *inject(context)]
     return headers
+
+
+def _request_event(ex: _Exchange, try_deadline: float, span: Span | None) -> h11.Request:
+    """The request head one attempt sends (its deadline and trace headers are its own)."""
+    return h11.Request(
+        method=ex.request.method,
+        target=ex.route.target,
+        headers=_headers(ex, try_deadline, span),
+        _parsed=True,
+    )
+
+
+def _head_arrived(ex: _Exchange, state: EndpointState, started: float) -> None:
+    """A bodyless attempt's head came: the endpoint's latency, and the service's for hedging."""
+    now = trio.current_time()
+    state.succeeded(now - started, now)
+    if ex.route.latency is not None:
+        ex.route.latency.observe(now - started)
 
 
 def _attempt_span(ex: _Exchange, endpoint: hpool.Endpoint) -> Span | None:
