@@ -43,7 +43,7 @@ from trimesh.http.route import Route, Router
 from trimesh.observe.accesslog import AccessRecord
 from trimesh.policy.breaker import CircuitBreaker
 from trimesh.policy.outlier import OutlierDetector
-from trimesh.policy.ratelimit import TokenBucket
+from trimesh.policy.ratelimit import RateLimit, TokenBucket
 
 # Proxy errors that are the upstream's failure (the breaker counts them).
 UPSTREAM_FAILURES = frozenset({"upstream-connect", "upstream-timeout", "upstream-protocol"})
@@ -68,10 +68,9 @@ class ServiceGuards:
 
     @classmethod
     def build(cls, policy: ServicePolicy, now: float) -> ServiceGuards:
-        limit = policy.rate_limit
-        bucket = None if limit is None else TokenBucket(limit.qps, limit.burst, now)
         breaker = CircuitBreaker(policy.circuit_breaker)
-        return cls(policy, breaker, OutlierDetector(policy.outlier), bucket)
+        outlier = OutlierDetector(policy.outlier)
+        return cls(policy, breaker, outlier, _bucket(policy.rate_limit, now))
 
     def reconfigure(self, policy: ServicePolicy, now: float) -> None:
         """A reloaded policy: keep each part's state (windows, ejections, tokens) it still fits."""
@@ -80,8 +79,7 @@ class ServiceGuards:
         if policy.outlier != self.policy.outlier:
             self.outlier = OutlierDetector(policy.outlier)
         if policy.rate_limit != self.policy.rate_limit:
-            limit = policy.rate_limit
-            self.bucket = None if limit is None else TokenBucket(limit.qps, limit.burst, now)
+            self.bucket = _bucket(policy.rate_limit, now)
         self.policy = policy
 
     def admit(self, now: float) -> None:
@@ -112,6 +110,10 @@ class ServiceGuards:
             "rate_limited": self.rate_limited,
             "faults_injected": dict(self.faults),
         }
+
+
+def _bucket(limit: RateLimit | None, now: float) -> TokenBucket | None:
+    return None if limit is None else TokenBucket(limit.qps, limit.burst, now)
 
 
 async def governed(
