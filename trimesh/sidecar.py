@@ -484,11 +484,14 @@ class Sidecar:
         return 503, {"error": "rendering the metrics took too long"}
 
     def _services(self) -> tuple[int, object]:
+        return 200, self._service_views()
+
+    def _service_views(self) -> dict[str, dict[str, object]]:
         """Every service this sidecar knows: instances, and the last minute's figures."""
         live = self.live.view(time.monotonic())
         known = self.cache.snapshot()
         names = sorted(set(known) | set(live) - {"unknown"})
-        return 200, {
+        return {
             name: {
                 "instances": [_instance(i) for i in known.get(name, ())],
                 "live": live.get(name),
@@ -499,18 +502,17 @@ class Sidecar:
     def _overview(self) -> tuple[int, object]:
         """Everything the dashboard shows, in one answer (see docs/dashboard.md)."""
         now = trio.current_time()
-        registration = self.discovery.state()["registration"] or {}
-        services: dict[str, object] = self._services()[1]  # type: ignore[assignment]
+        services = self._service_views()
         for name, state in self.outbound.services.items():
             entry = services.setdefault(name, {"instances": [], "live": None})
-            entry["policies"] = state.guards.snapshot(now)  # type: ignore[index]
+            entry["policies"] = state.guards.snapshot(now)
         bound = self.bound
         return 200, {
             "identity": {
                 "service": self.config.service.name,
                 "version": self.config.service.version,
                 "app": self.config.service.app,
-                "instance": registration.get("instance_id") or self.instance_token,
+                "instance": self.discovery.instance_id or self.instance_token,
                 "listeners": None
                 if bound is None
                 else {k: f"{h}:{p}" for k, (h, p) in attrs.asdict(bound).items()},
