@@ -143,10 +143,9 @@ class Sidecar:
                 instance_id=f"{c.service.name}-{self.instance_token}",
                 app=c.service.app,
                 version=c.service.version,
-                on_dropped=self._spans_dropped,
+                on_dropped=self.metrics.count_dropped_spans,
             )
         trace_headers = TRACE_HEADERS if self.tracer is not None else frozenset()
-        self.spans_dropped = 0
         self.outbound = OutboundRouter(
             self.cache,
             via_token=self.via_token("outbound"),
@@ -172,10 +171,6 @@ class Sidecar:
             limiter=_limiter(c, 0.0),
             replace_headers=trace_headers,
         )
-
-    def _spans_dropped(self, count: int) -> None:
-        self.spans_dropped += count
-        self.metrics.count_dropped_spans(count)
 
     def _count_connect_errors(self, rec: AccessRecord) -> None:
         # Only services the router holds state for: a bounded set, never a random name.
