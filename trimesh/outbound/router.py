@@ -263,7 +263,9 @@ class OutboundRouter:
         if state is None:
             return left[0]
         now = trio.current_time()
-        left = state.guards.outlier.available(left, now)  # ejected instances sit out
+        outlier = state.guards.outlier
+        if outlier.any_ejected(now):
+            left = outlier.available(left, now)  # ejected instances sit out
         return state.balancer.pick(left, PickContext(now, route.sticky))
 
     async def tunnel(self, request: h11.Request) -> Target:

@@ -115,6 +115,10 @@ class OutlierDetector:
         host = self._hosts.get(endpoint)
         return host is not None and host.until > now
 
+    def any_ejected(self, now: float) -> bool:
+        """Whether an ejection may still be running (False: `available` would change nothing)."""
+        return now < self._horizon
+
     @overload
     def available(self, endpoints: Sequence[Endpoint], now: float) -> list[Endpoint]: ...
     @overload
@@ -122,7 +126,7 @@ class OutlierDetector:
 
     def available(self, endpoints: Sequence[Any], now: float) -> list[Any]:
         """The endpoints (or candidates with `.endpoint`) not ejected; all if none is left."""
-        if now >= self._horizon:
+        if not self.any_ejected(now):
             return list(endpoints)
         found = [e for e in endpoints if not self.ejected(_key(e), now)]
         return found or list(endpoints)
