@@ -135,14 +135,15 @@ async def governed(
         if route.policy.fault is not None:
             await _inject(route, guards)
         _close_circuit_or_refuse(guards, route.service)
-        failure: BaseException | None = None
         try:
-            return await forward(down, request, route, router, pool, policy, rec)
+            outcome = await forward(down, request, route, router, pool, policy, rec)
         except BaseException as exc:
-            failure = exc
+            # Recorded here, not from a saved reference: a kept exception would hold
+            # its traceback's frames (and the request's buffers) in a cycle.
+            _record(guards.breaker, rec, exc)
             raise
-        finally:
-            _record(guards.breaker, rec, failure)
+        _record(guards.breaker, rec, None)
+        return outcome
     finally:
         guards.active -= 1
 
