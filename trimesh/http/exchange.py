@@ -408,8 +408,12 @@ async def _hedged(
             nursery.start_soon(_racer, race, first, True)
             nursery.start_soon(_hedger, race, delay, tried)
         if race.winner is None:
-            assert race.error is not None
-            raise race.error
+            error, race.error = race.error, None
+            assert error is not None
+            try:
+                raise error
+            finally:
+                del error  # no cycle: the traceback holds this frame, not the reverse
         won, head = race.winner
     ex.rec.instance = won.candidate.instance_id
     assert won.conn is not None
